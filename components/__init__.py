@@ -1,0 +1,1 @@
+"""Custom TFX components of Char-RNN TFX (one file each) and the code they share."""

@@ -1,0 +1,1 @@
+"""Pipeline definition (pipeline.py), its knobs (configs.py) and thin runners."""

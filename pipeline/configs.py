@@ -1,0 +1,169 @@
+"""Every knob of Char-RNN TFX in one place.
+
+Like the TFX templates' `configs.py`: components receive these values as
+parameters, runners read them from here, and nothing else defines a default.
+Environment variables override the defaults so that `tfx run create`, which just
+re-executes the runner file, honours them too:
+
+  CHAR_RNN_CORPUS       comma-separated sources: local paths, globs, http(s):// or gs:// URLs
+  CHAR_RNN_PRESET       tiny | cpu | tutorial
+  CHAR_RNN_OUTPUT_DIR   where pipeline artifacts, ML Metadata and pushed models land
+  CHAR_RNN_OVERRIDES    comma-separated preset overrides, e.g. "epochs=2,rnn_units=256"
+  CHAR_RNN_WARM_START   1 to warm-start training from the latest blessed model
+  CHAR_RNN_BEAM_ARGS    space-separated Beam pipeline args (replaces the default)
+"""
+
+import dataclasses
+import os
+import shlex
+from typing import Any, Dict, List, Optional
+
+# ---------------------------------------------------------------- names, paths
+# KFP v2 accepts only [a-z0-9-] in pipeline names, so the local one follows suit.
+PIPELINE_NAME = os.environ.get('CHAR_RNN_PIPELINE_NAME', 'char-rnn')
+# TF Serving's model name: the directory under the serving base and the name
+# clients put in ModelSpec.name.
+SERVING_MODEL_NAME = 'char_rnn'
+
+PROJECT_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+OUTPUT_DIR = os.path.abspath(
+    os.environ.get('CHAR_RNN_OUTPUT_DIR', os.path.join(PROJECT_DIR, 'outputs')))
+
+# The tutorial's corpus. The Makefile and tests point CHAR_RNN_CORPUS at the
+# local copy instead (../shared/data/tinyshakespeare.txt).
+TUTORIAL_CORPUS_URL = ('https://storage.googleapis.com/download.tensorflow.org/'
+                       'data/shakespeare.txt')
+CORPUS_SOURCES: List[str] = [
+    s.strip()
+    for s in os.environ.get('CHAR_RNN_CORPUS', TUTORIAL_CORPUS_URL).split(',')
+    if s.strip()
+]
+
+# Beam: the DirectRunner locally; pass e.g. '--runner=DataflowRunner ...' here
+# (or through CHAR_RNN_BEAM_ARGS) to run WindowGen elsewhere unchanged.
+BEAM_PIPELINE_ARGS: List[str] = shlex.split(
+    os.environ.get('CHAR_RNN_BEAM_ARGS',
+                   '--direct_running_mode=in_memory --direct_num_workers=1'))
+
+WARM_START = os.environ.get('CHAR_RNN_WARM_START', '0') not in ('', '0', 'false')
+
+# The trainer's run_fn is referenced by import path rather than a module file:
+# the same installed code runs on the laptop and inside the Kubeflow image.
+TRAINER_RUN_FN = 'components.trainer_module.run_fn'
+
+
+def pipeline_root(output_dir: str = OUTPUT_DIR) -> str:
+  return os.path.join(output_dir, 'pipeline_root', PIPELINE_NAME)
+
+
+def metadata_path(output_dir: str = OUTPUT_DIR) -> str:
+  return os.path.join(output_dir, 'metadata', PIPELINE_NAME, 'metadata.db')
+
+
+def serving_model_dir(output_dir: str = OUTPUT_DIR) -> str:
+  """The Pusher's base: versions land in <this>/<SERVING_MODEL_NAME>/<version>/."""
+  return os.path.join(output_dir, 'serving_model')
+
+
+# ------------------------------------------------------------------- presets
+@dataclasses.dataclass(frozen=True)
+class Preset:
+  """Data, model, training and gate settings for one pipeline run."""
+  # Data (WindowGen). Windows hold seq_length + 1 ids: input and shifted target.
+  seq_length: int = 100
+  stride: Optional[int] = None          # None: seq_length (each target seen once)
+  eval_fraction: float = 0.1            # last 10% of characters evaluate (nanoGPT's split)
+  shard_chars: int = 4_000_000          # corpus shard size; bounds WindowGen's memory
+  unicode_normalization: str = 'NFC'    # '' keeps the text's own normal form
+  # Model.
+  embedding_dim: int = 256
+  rnn_type: str = 'gru'                 # gru | lstm
+  rnn_units: int = 1024
+  num_layers: int = 1
+  dropout: float = 0.0
+  # Training.
+  batch_size: int = 64
+  learning_rate: float = 1e-3
+  epochs: int = 20
+  steps_per_epoch: Optional[int] = None  # None: one full pass over the train split
+  eval_steps: Optional[int] = None       # None: the whole eval split
+  shuffle_buffer: int = 10_000
+  early_stopping_patience: int = 0       # 0: off
+  max_train_seconds: Optional[float] = None  # stop after the epoch that passes it
+  sample_prompt: str = 'ROMEO:'
+  sample_chars: int = 200                # logged after every epoch
+  # Export.
+  max_generate_chars: int = 10_000       # `generate` rejects num_chars above this
+  # Evaluation gate.
+  max_eval_loss: float = 4.0             # bless only at or below this (nats/char)
+  regression_tolerance: float = 0.02     # ... and no worse than the blessed baseline + this
+
+  @property
+  def window_stride(self) -> int:
+    return self.stride or self.seq_length
+
+  def model_config(self) -> Dict[str, Any]:
+    keys = ('embedding_dim', 'rnn_type', 'rnn_units', 'num_layers', 'dropout')
+    return {k: getattr(self, k) for k in keys}
+
+  def training_config(self) -> Dict[str, Any]:
+    """What the Trainer's run_fn receives as custom_config."""
+    return dataclasses.asdict(self)
+
+
+PRESETS: Dict[str, Preset] = {
+    # Seconds on two cores: for CI and the end-to-end test.
+    'tiny': Preset(
+        embedding_dim=16, rnn_units=32, batch_size=32, learning_rate=1e-2,
+        epochs=1, steps_per_epoch=20, eval_steps=5, shuffle_buffer=1000,
+        sample_chars=40, max_eval_loss=4.2, regression_tolerance=0.5),
+    # The default: the best eval loss we reach in about 5 minutes of training on
+    # a 2-core CPU (bench/quality measures it).
+    'cpu': Preset(
+        embedding_dim=64, rnn_units=512, batch_size=64, learning_rate=4e-3,
+        epochs=4, shuffle_buffer=10_000, max_train_seconds=300,
+        max_eval_loss=1.8),
+    # The tutorial's exact settings: 256/1024 GRU, batch 64, Adam(1e-3), 20
+    # epochs over non-overlapping 101-character chunks. For GPUs.
+    'tutorial': Preset(stride=101, max_eval_loss=1.8),
+}
+
+PRESET_NAME = os.environ.get('CHAR_RNN_PRESET', 'cpu')
+
+
+def _parse_overrides(text: str) -> Dict[str, Any]:
+  fields = {f.name: f for f in dataclasses.fields(Preset)}
+  out: Dict[str, Any] = {}
+  for item in filter(None, (s.strip() for s in text.split(','))):
+    key, sep, value = item.partition('=')
+    key = key.strip()
+    if not sep or key not in fields:
+      raise ValueError(
+          f'CHAR_RNN_OVERRIDES: {item!r} is not <field>=<value> with a field of '
+          f'Preset ({", ".join(sorted(fields))})')
+    default = getattr(Preset(), key)
+    value = value.strip()
+    if value.lower() == 'none':
+      out[key] = None
+    elif isinstance(default, bool):
+      out[key] = value.lower() in ('1', 'true', 'yes')
+    elif isinstance(default, int) or key in ('stride', 'steps_per_epoch', 'eval_steps'):
+      out[key] = int(value)
+    elif isinstance(default, float) or key == 'max_train_seconds':
+      out[key] = float(value)
+    else:
+      out[key] = value
+  return out
+
+
+def get_preset(name: Optional[str] = None,
+               overrides: Optional[str] = None) -> Preset:
+  name = name or PRESET_NAME
+  if name not in PRESETS:
+    raise ValueError(f'Unknown preset {name!r}; choose one of {sorted(PRESETS)}')
+  if overrides is None:
+    overrides = os.environ.get('CHAR_RNN_OVERRIDES', '')
+  preset = dataclasses.replace(PRESETS[name], **_parse_overrides(overrides))
+  if preset.rnn_type not in ('gru', 'lstm'):
+    raise ValueError(f'rnn_type must be gru or lstm, not {preset.rnn_type!r}')
+  return preset
