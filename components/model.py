@@ -68,26 +68,38 @@ class CharRnnExport(tf.Module):
             tf.range(1, len(tokens), dtype=tf.int32)),
         default_value=0)  # unknown characters -> [UNK], never an error
 
-    get = lambda name: keras_model.get_layer(name).get_weights()
-    embedding = get('embedding')[0]
     self.cells = []
-    for i in range(self._num_layers):
-      kernel, recurrent_kernel, bias = get(f'rnn_{i}')
-      # Keras' GRU (reset_after=True) keeps separate input and recurrent
-      # biases, [2, 3*units]; its LSTM has one input bias, [4*units].
-      input_bias = bias[0] if self._rnn_type == 'gru' else bias
-      if i == 0:
-        # Embedding and the first input projection fold into one [V, G] table.
-        kernel = embedding @ kernel
-      cell = {'kernel': tf.Variable(kernel, trainable=False),
-              'input_bias': tf.Variable(input_bias, trainable=False),
-              'recurrent_kernel': tf.Variable(recurrent_kernel, trainable=False)}
-      if self._rnn_type == 'gru':
-        cell['recurrent_bias'] = tf.Variable(bias[1], trainable=False)
-      self.cells.append(cell)
-    dense_w, dense_b = get('logits')
+    for layer in self._serving_weights(keras_model):
+      self.cells.append({k: tf.Variable(v, trainable=False) for k, v in layer.items()})
+    dense_w, dense_b = keras_model.get_layer('logits').get_weights()
     self.dense_w = tf.Variable(dense_w, trainable=False)
     self.dense_b = tf.Variable(dense_b, trainable=False)
+
+  def _serving_weights(self, keras_model: keras.Model) -> List[Dict[str, Any]]:
+    """Each recurrent layer's Keras weights, arranged for `_step` (numpy)."""
+    embedding = keras_model.get_layer('embedding').get_weights()[0]
+    cells = []
+    for i in range(self._num_layers):
+      kernel, recurrent_kernel, bias = keras_model.get_layer(f'rnn_{i}').get_weights()
+      # Embedding and the first input projection fold into one [V, G] table.
+      # Keras' GRU (reset_after=True) keeps separate input and recurrent
+      # biases, [2, 3*units]; its LSTM has one input bias, [4*units].
+      cell = {'kernel': embedding @ kernel if i == 0 else kernel,
+              'input_bias': bias[0] if self._rnn_type == 'gru' else bias,
+              'recurrent_kernel': recurrent_kernel}
+      if self._rnn_type == 'gru':
+        cell['recurrent_bias'] = bias[1]
+      cells.append(cell)
+    return cells
+
+  def assign_from(self, keras_model: keras.Model) -> None:
+    """Copies newer weights of the same Keras model in (per-epoch samples)."""
+    for variables, values in zip(self.cells, self._serving_weights(keras_model)):
+      for key, value in values.items():
+        variables[key].assign(value)
+    dense_w, dense_b = keras_model.get_layer('logits').get_weights()
+    self.dense_w.assign(dense_w)
+    self.dense_b.assign(dense_b)
 
   # ------------------------------------------------------------ the network
   def _split_state(self, states: tf.Tensor) -> List[tf.Tensor]:

@@ -1,0 +1,208 @@
+"""The Trainer's module: `run_fn` trains the char-RNN and exports the serving model.
+
+What lands in the Model artifact:
+  Format-Serving/                 the SavedModel TF Serving loads (core TF ops only)
+    assets.extra/vocabulary.json  the ids it was trained with
+    assets.extra/metrics.json     eval loss (nats/char), bits/char, training figures
+  keras/model.weights.h5, keras/config.json   for warm starts of the next run
+
+And in ModelRun: TensorBoard logs (loss curves, a text sample after every
+epoch) and a weights checkpoint per epoch, as in the tutorial.
+"""
+
+import json
+import math
+import os
+import time
+from typing import Any, Dict, List, Optional
+
+import keras
+import tensorflow as tf
+from absl import logging
+from tfx.components.trainer.fn_args_utils import FnArgs
+
+from components import model as model_lib
+from components.text import CharVocab
+from components.window_gen import FEATURE_KEY
+
+KERAS_DIR = 'keras'
+WEIGHTS_FILE = 'model.weights.h5'
+CONFIG_FILE = 'config.json'
+METRICS_FILE = 'metrics.json'
+
+
+def make_dataset(file_patterns: List[str], seq_length: int, batch_size: int,
+                 shuffle_buffer: int = 0, repeat: bool = False,
+                 cache: bool = True) -> tf.data.Dataset:
+  """(inputs, targets) batches of [batch, seq_length] ids from WindowGen's TFRecords."""
+  files = tf.io.gfile.glob(file_patterns) if isinstance(file_patterns, str) else [
+      f for p in file_patterns for f in tf.io.gfile.glob(p)]
+  if not files:
+    raise ValueError(f'no TFRecord files match {file_patterns}')
+  ds = tf.data.TFRecordDataset(sorted(files), compression_type='GZIP',
+                               num_parallel_reads=tf.data.AUTOTUNE)
+  # The records are small (about 120 bytes a window): caching them in memory
+  # removes decompression from every epoch after the first. Only for full
+  # passes: a cache that is never read to the end is thrown away.
+  if cache:
+    ds = ds.cache()
+  if shuffle_buffer:
+    ds = ds.shuffle(shuffle_buffer, reshuffle_each_iteration=True)
+  if repeat:
+    ds = ds.repeat()
+  spec = {FEATURE_KEY: tf.io.FixedLenFeature([seq_length + 1], tf.int64)}
+
+  def split(serialized):
+    ids = tf.cast(tf.io.parse_example(serialized, spec)[FEATURE_KEY], tf.int32)
+    return ids[:, :-1], ids[:, 1:]
+
+  return (ds.batch(batch_size, drop_remainder=True)
+          .map(split, num_parallel_calls=tf.data.AUTOTUNE)
+          .prefetch(tf.data.AUTOTUNE))
+
+
+class _TimeBudget(keras.callbacks.Callback):
+  """Stops training once `seconds` have passed (checked after every batch)."""
+
+  def __init__(self, seconds: Optional[float]):
+    super().__init__()
+    self._seconds = seconds
+    self._start = None
+
+  def on_train_begin(self, logs=None):
+    self._start = time.monotonic()
+
+  def on_train_batch_end(self, batch, logs=None):
+    if self._seconds and time.monotonic() - self._start > self._seconds:
+      logging.info('Time budget of %.0f s reached; stopping.', self._seconds)
+      self.model.stop_training = True
+
+
+class _SampleText(keras.callbacks.Callback):
+  """Logs a generated sample after each epoch, like the tutorial's check-ins."""
+
+  def __init__(self, vocab: CharVocab, model_config: Dict[str, Any], prompt: str,
+               num_chars: int, log_dir: str):
+    super().__init__()
+    self._args = (vocab.tokens, model_config)
+    self._prompt, self._num_chars = prompt, num_chars
+    self._writer = tf.summary.create_file_writer(os.path.join(log_dir, 'samples'))
+    self._sampler = self._generate = None
+
+  def on_epoch_end(self, epoch, logs=None):
+    if not self._num_chars:
+      return
+    if self._sampler is None:
+      self._sampler = model_lib.CharRnnExport(self.model, *self._args,
+                                              max_generate_chars=self._num_chars)
+      self._generate = self._sampler.signatures()['generate']
+    else:
+      self._sampler.assign_from(self.model)
+    out = self._generate(prompt=tf.constant([self._prompt]),
+                         num_chars=tf.constant(self._num_chars),
+                         temperature=tf.constant(1.0),
+                         seed=tf.constant(epoch, tf.int64))
+    sample = self._prompt + out['text'].numpy()[0].decode('utf-8')
+    logging.info('Sample after epoch %d:\n%s', epoch + 1, sample)
+    with self._writer.as_default():
+      tf.summary.text('sample', sample, step=epoch + 1)
+
+
+def _warm_start(model: keras.Model, base_model_dir: Optional[str], vocab: CharVocab,
+                model_config: Dict[str, Any]) -> str:
+  """Loads the latest blessed model's weights when they fit; says what it did."""
+  if not base_model_dir:
+    return 'from scratch (no blessed model to warm-start from)'
+  keras_dir = os.path.join(os.path.dirname(base_model_dir.rstrip('/')), KERAS_DIR)
+  try:
+    with tf.io.gfile.GFile(os.path.join(keras_dir, CONFIG_FILE)) as f:
+      base = json.load(f)
+  except tf.errors.NotFoundError:
+    return f'from scratch (base model has no {KERAS_DIR}/{CONFIG_FILE})'
+  if base['tokens'] != vocab.tokens:
+    return 'from scratch (the vocabulary changed since the blessed model)'
+  if base['model_config'] != model_config:
+    return 'from scratch (the model architecture changed since the blessed model)'
+  local = os.path.join(os.environ.get('TMPDIR', '/tmp'), f'warm-{time.time_ns()}.weights.h5')
+  tf.io.gfile.copy(os.path.join(keras_dir, WEIGHTS_FILE), local, overwrite=True)
+  model.load_weights(local)
+  os.remove(local)
+  return f'warm-started from {keras_dir}'
+
+
+def run_fn(fn_args: FnArgs) -> None:
+  cfg = fn_args.custom_config
+  vocab = CharVocab.load(cfg['vocabulary_uri'])
+  seq_length, batch_size = cfg['seq_length'], cfg['batch_size']
+  model_config = {k: cfg[k] for k in
+                  ('embedding_dim', 'rnn_type', 'rnn_units', 'num_layers', 'dropout')}
+
+  steps_per_epoch = cfg.get('steps_per_epoch')
+  train_ds = make_dataset(fn_args.train_files, seq_length, batch_size,
+                          shuffle_buffer=cfg['shuffle_buffer'],
+                          repeat=steps_per_epoch is not None,
+                          cache=steps_per_epoch is None)
+  eval_ds = make_dataset(fn_args.eval_files, seq_length, batch_size,
+                         cache=cfg.get('eval_steps') is None)
+
+  model = model_lib.build_keras_model(len(vocab), **model_config)
+  start_note = _warm_start(model, fn_args.base_model, vocab, model_config)
+  logging.info('Training %s', start_note)
+  model.compile(optimizer=keras.optimizers.Adam(cfg['learning_rate']),
+                loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+  model.summary(print_fn=logging.info)
+
+  callbacks = [
+      keras.callbacks.TensorBoard(log_dir=fn_args.model_run_dir, update_freq='epoch'),
+      keras.callbacks.ModelCheckpoint(
+          os.path.join(fn_args.model_run_dir, 'checkpoints', 'ckpt_{epoch:02d}.weights.h5'),
+          save_weights_only=True),
+      _TimeBudget(cfg.get('max_train_seconds')),
+      _SampleText(vocab, model_config, cfg['sample_prompt'], cfg['sample_chars'],
+                  fn_args.model_run_dir),
+  ]
+  if cfg.get('early_stopping_patience'):
+    callbacks.append(keras.callbacks.EarlyStopping(
+        monitor='val_loss', patience=cfg['early_stopping_patience'],
+        restore_best_weights=True))
+
+  started = time.monotonic()
+  history = model.fit(train_ds, epochs=cfg['epochs'], steps_per_epoch=steps_per_epoch,
+                      validation_data=eval_ds, validation_steps=cfg.get('eval_steps'),
+                      callbacks=callbacks, verbose=2)
+  train_seconds = time.monotonic() - started
+  eval_loss = float(model.evaluate(eval_ds, steps=cfg.get('eval_steps'), verbose=0))
+
+  serving_dir = fn_args.serving_model_dir
+  model_lib.export_serving_model(model, vocab.tokens, model_config,
+                                 cfg['max_generate_chars'], serving_dir)
+  extra = os.path.join(serving_dir, 'assets.extra')
+  tf.io.gfile.makedirs(extra)
+  vocab.save(extra)
+  metrics = {
+      'eval_loss': eval_loss,                      # nats per character
+      'bits_per_char': eval_loss / math.log(2),
+      'perplexity': math.exp(eval_loss),
+      'epochs_run': len(history.epoch),
+      'train_seconds': train_seconds,
+      'history': {k: [float(v) for v in vs] for k, vs in history.history.items()},
+      'start': start_note,
+      'vocab_size': len(vocab),
+      'state_size': model_lib.state_size(model_config['rnn_type'],
+                                         model_config['rnn_units'],
+                                         model_config['num_layers']),
+      'config': {k: v for k, v in cfg.items() if k != 'vocabulary_uri'},
+  }
+  with tf.io.gfile.GFile(os.path.join(extra, METRICS_FILE), 'w') as f:
+    f.write(json.dumps(metrics, indent=1))
+
+  keras_dir = os.path.join(os.path.dirname(serving_dir.rstrip('/')), KERAS_DIR)
+  tf.io.gfile.makedirs(keras_dir)
+  local = os.path.join(os.environ.get('TMPDIR', '/tmp'), f'save-{time.time_ns()}.weights.h5')
+  model.save_weights(local)   # h5 needs a local file; the artifact may be on gs://
+  tf.io.gfile.copy(local, os.path.join(keras_dir, WEIGHTS_FILE), overwrite=True)
+  os.remove(local)
+  with tf.io.gfile.GFile(os.path.join(keras_dir, CONFIG_FILE), 'w') as f:
+    f.write(json.dumps({'tokens': vocab.tokens, 'model_config': model_config}))
+  logging.info('Eval loss %.4f nats/char (%.4f bits/char); model exported to %s',
+               eval_loss, metrics['bits_per_char'], serving_dir)

@@ -1,0 +1,53 @@
+"""VocabularyGen: the corpus' distinct characters as a typed Vocabulary.
+
+Spec:
+  inputs   corpus: charrnn.Corpus
+  outputs  vocabulary: charrnn.Vocabulary   (vocabulary.json; id 0 = [UNK])
+
+The ids equal the tutorial's `StringLookup(vocabulary=sorted(set(text)),
+mask_token=None)`. The corpus is read shard by shard, so memory is bounded by
+the shard size, not the corpus size.
+"""
+
+from typing import Any, Dict, List
+
+from tfx import types
+from tfx.dsl.components.base import base_component, base_executor, executor_spec
+from tfx.types import artifact_utils
+from tfx.types.component_spec import ChannelParameter, ComponentSpec
+
+from components import text as text_lib
+from components.artifacts import Corpus, Vocabulary
+
+
+class VocabularyGenSpec(ComponentSpec):
+  PARAMETERS = {}
+  INPUTS = {'corpus': ChannelParameter(type=Corpus)}
+  OUTPUTS = {'vocabulary': ChannelParameter(type=Vocabulary)}
+
+
+class Executor(base_executor.BaseExecutor):
+
+  def Do(self, input_dict: Dict[str, List[types.Artifact]],
+         output_dict: Dict[str, List[types.Artifact]],
+         exec_properties: Dict[str, Any]) -> None:
+    corpus = artifact_utils.get_single_instance(input_dict['corpus'])
+    vocabulary = artifact_utils.get_single_instance(output_dict['vocabulary'])
+    chars = set()
+    for shard in text_lib.iter_corpus_shards(corpus.uri):
+      chars.update(shard)
+    vocab = text_lib.CharVocab.from_chars(chars)
+    vocab.save(vocabulary.uri)
+    vocabulary.vocab_size = len(vocab)
+    vocabulary.fingerprint = vocab.fingerprint
+
+
+class VocabularyGen(base_component.BaseComponent):
+  """Builds the character vocabulary of a Corpus."""
+
+  SPEC_CLASS = VocabularyGenSpec
+  EXECUTOR_SPEC = executor_spec.ExecutorClassSpec(Executor)
+
+  def __init__(self, corpus: types.BaseChannel):
+    super().__init__(spec=VocabularyGenSpec(
+        corpus=corpus, vocabulary=types.Channel(type=Vocabulary)))
