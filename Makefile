@@ -1,0 +1,63 @@
+# Char-RNN TFX. `make run` trains, pushes, serves and generates; `make test` tests.
+# Every target installs the environment first if it is missing.
+
+PYTHON_BOOTSTRAP ?= python3.10
+VENV   := .venv
+PY     := $(VENV)/bin/python
+CORPUS ?= $(abspath ../shared/data/tinyshakespeare.txt)
+PRESET ?= cpu
+OUTPUT_DIR ?= $(CURDIR)/outputs
+GRPC_PORT ?= 8500
+REST_PORT ?= 8501
+PROMPT ?= ROMEO:
+NUM_CHARS ?= 500
+PYTEST_ARGS ?=
+
+export CHAR_RNN_CORPUS := $(CORPUS)
+export CHAR_RNN_PRESET := $(PRESET)
+export CHAR_RNN_OUTPUT_DIR := $(OUTPUT_DIR)
+export PYTHONWARNINGS := ignore
+export TF_CPP_MIN_LOG_LEVEL := 1
+
+SERVING_BASE := $(OUTPUT_DIR)/serving_model/char_rnn
+
+.PHONY: install run pipeline serve generate test lock clean
+
+$(VENV)/.installed: requirements.lock setup.py .python-version
+	test -x $(PY) || $(PYTHON_BOOTSTRAP) -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps -r requirements.lock
+	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e .
+	touch $@
+
+install: $(VENV)/.installed
+
+## The main job: train (PRESET, default cpu) -> gate -> push -> serve -> generate.
+run: install
+	$(PY) -m pipeline.local_runner
+	bash scripts/serve_and_generate.sh "$(SERVING_BASE)" "$(PROMPT)" $(NUM_CHARS)
+
+## Only the pipeline (what `tfx run create --engine=local` runs).
+pipeline: install
+	$(PY) -m pipeline.local_runner
+
+## A TF-Serving-compatible server over the pushed versions (gRPC 8500, REST 8501).
+serve: install
+	$(PY) -m serving.server --port=$(GRPC_PORT) --rest_api_port=$(REST_PORT) \
+	  --model_name=char_rnn --model_base_path=$(SERVING_BASE)
+
+## Ask a running server (make serve) for text.
+generate: install
+	$(PY) -m serving.client generate --target=localhost:$(GRPC_PORT) \
+	  --prompt="$(PROMPT)" --num-chars=$(NUM_CHARS)
+
+test: install
+	$(PY) -m pytest tests $(PYTEST_ARGS)
+
+## Re-resolve requirements.in into requirements.lock (needs network to PyPI).
+lock:
+	$(PY) -m pip install --quiet uv
+	$(VENV)/bin/uv pip compile requirements.in --python-version 3.10 \
+	  --python-platform x86_64-manylinux_2_28 -o requirements.lock
+
+clean:
+	rm -rf $(OUTPUT_DIR)

@@ -1,0 +1,68 @@
+"""Shared fixtures: the real corpus, and one real tiny pipeline run per session.
+
+`tiny_pipeline` runs the whole pipeline (LocalDagRunner, SQLite ML Metadata,
+Beam DirectRunner) once with the `tiny` preset on the real corpus; the
+end-to-end, serving and Kubeflow tests all read what it produced.
+"""
+
+import dataclasses
+import os
+import warnings
+
+import pytest
+
+warnings.filterwarnings('ignore', category=DeprecationWarning)
+warnings.filterwarnings('ignore', category=FutureWarning)
+
+REPO_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CORPUS_PATH = os.path.join(os.path.dirname(REPO_DIR), 'shared', 'data', 'tinyshakespeare.txt')
+
+
+@dataclasses.dataclass
+class PipelineRun:
+  output_dir: str
+  pipeline_root: str
+  metadata_path: str
+  serving_model_dir: str   # the Pusher's base: <this>/char_rnn/<version>/
+
+  @property
+  def model_base_path(self) -> str:
+    return os.path.join(self.serving_model_dir, 'char_rnn')
+
+
+@pytest.fixture(scope='session')
+def corpus_path() -> str:
+  if not os.path.exists(CORPUS_PATH):
+    pytest.fail(f'the corpus is expected at {CORPUS_PATH} (../shared/data beside the repo)')
+  return CORPUS_PATH
+
+
+def run_local_pipeline(output_dir: str, corpus_sources, preset: str = 'tiny',
+                       overrides: str = '', warm_start: bool = False) -> PipelineRun:
+  """Runs the real pipeline through LocalDagRunner into `output_dir`."""
+  from tfx import v1 as tfx
+  from pipeline import configs
+  from pipeline import pipeline as pipeline_lib
+  p = pipeline_lib.create_pipeline(
+      pipeline_name=configs.PIPELINE_NAME,
+      pipeline_root=configs.pipeline_root(output_dir),
+      corpus_sources=list(corpus_sources),
+      preset=configs.get_preset(preset, overrides),
+      trainer_run_fn=configs.TRAINER_RUN_FN,
+      serving_model_dir=os.path.join(configs.serving_model_dir(output_dir),
+                                     configs.SERVING_MODEL_NAME),
+      warm_start=warm_start,
+      metadata_connection_config=tfx.orchestration.metadata
+      .sqlite_metadata_connection_config(configs.metadata_path(output_dir)),
+      beam_pipeline_args=configs.BEAM_PIPELINE_ARGS)
+  tfx.orchestration.LocalDagRunner().run(p)
+  return PipelineRun(output_dir=output_dir,
+                     pipeline_root=configs.pipeline_root(output_dir),
+                     metadata_path=configs.metadata_path(output_dir),
+                     serving_model_dir=configs.serving_model_dir(output_dir))
+
+
+@pytest.fixture(scope='session')
+def tiny_pipeline(tmp_path_factory, corpus_path) -> PipelineRun:
+  """One real tiny pipeline run on the real corpus, shared by the session."""
+  return run_local_pipeline(str(tmp_path_factory.mktemp('tiny_pipeline')), [corpus_path])
