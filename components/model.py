@@ -37,7 +37,8 @@ def build_keras_model(vocab_size: int, embedding_dim: int, rnn_type: str,
     x = rnn_cls(rnn_units, return_sequences=True, name=f'rnn_{i}')(x)
     if dropout:
       x = keras.layers.Dropout(dropout, name=f'dropout_{i}')(x)
-  logits = keras.layers.Dense(vocab_size, name='logits')(x)
+  # Logits stay float32 under mixed precision: softmax over bf16 loses too much.
+  logits = keras.layers.Dense(vocab_size, name='logits', dtype='float32')(x)
   return keras.Model(ids, logits, name='char_rnn')
 
 
@@ -231,8 +232,9 @@ class CharRnnExport(tf.Module):
         logits = self._logits(states)
       previous = self._sample(logits, temperature, seed, i)
       out = out.write(i, previous)
-    generated = tf.transpose(out.stack())              # [B, num_chars]
-    generated = tf.reshape(generated, [batch, num_chars])
+    generated = tf.cond(num_chars > 0,                 # [B, num_chars]
+                        lambda: tf.transpose(out.stack()),
+                        lambda: tf.zeros([batch, 0], tf.int32))
     text = tf.strings.reduce_join(tf.gather(self.tokens, generated), axis=1)
     return {'text': text, 'states': states}
 

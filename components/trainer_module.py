@@ -61,21 +61,37 @@ def make_dataset(file_patterns: List[str], seq_length: int, batch_size: int,
           .prefetch(tf.data.AUTOTUNE))
 
 
-class _TimeBudget(keras.callbacks.Callback):
-  """Stops training once `seconds` have passed (checked after every batch)."""
+class _Schedule(keras.callbacks.Callback):
+  """Time budget and learning-rate schedule, checked after every batch.
 
-  def __init__(self, seconds: Optional[float]):
+  Training stops once `seconds` have passed. With `cosine`, the learning rate
+  decays from `lr` to `lr * min_ratio` over whichever comes first, the step
+  count or the time budget, so a time-limited run still ends annealed.
+  """
+
+  def __init__(self, lr: float, schedule: str, min_ratio: float,
+               total_steps: Optional[int], seconds: Optional[float]):
     super().__init__()
-    self._seconds = seconds
-    self._start = None
+    self._lr, self._schedule, self._min_ratio = lr, schedule, min_ratio
+    self._total_steps, self._seconds = total_steps, seconds
+    self._start, self._step = None, 0
 
   def on_train_begin(self, logs=None):
     self._start = time.monotonic()
 
   def on_train_batch_end(self, batch, logs=None):
-    if self._seconds and time.monotonic() - self._start > self._seconds:
-      logging.info('Time budget of %.0f s reached; stopping.', self._seconds)
+    self._step += 1
+    elapsed = time.monotonic() - self._start
+    if self._seconds and elapsed > self._seconds:
+      logging.info('Time budget of %.0f s reached after %d steps; stopping.',
+                   self._seconds, self._step)
       self.model.stop_training = True
+    if self._schedule == 'cosine':
+      progress = max(self._step / self._total_steps if self._total_steps else 0.0,
+                     elapsed / self._seconds if self._seconds else 0.0)
+      cosine = 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
+      self.model.optimizer.learning_rate.assign(
+          self._lr * (self._min_ratio + (1 - self._min_ratio) * cosine))
 
 
 class _SampleText(keras.callbacks.Callback):
@@ -145,7 +161,14 @@ def run_fn(fn_args: FnArgs) -> None:
   eval_ds = make_dataset(fn_args.eval_files, seq_length, batch_size,
                          cache=cfg.get('eval_steps') is None)
 
-  model = model_lib.build_keras_model(len(vocab), **model_config)
+  # Layers take the dtype policy in force when they are built; restore the
+  # global one straight after so nothing else in the process is affected.
+  previous_policy = keras.mixed_precision.global_policy()
+  keras.mixed_precision.set_global_policy(cfg.get('precision', 'float32'))
+  try:
+    model = model_lib.build_keras_model(len(vocab), **model_config)
+  finally:
+    keras.mixed_precision.set_global_policy(previous_policy)
   start_note = _warm_start(model, fn_args.base_model, vocab, model_config)
   logging.info('Training %s', start_note)
   model.compile(optimizer=keras.optimizers.Adam(cfg['learning_rate']),
@@ -157,7 +180,10 @@ def run_fn(fn_args: FnArgs) -> None:
       keras.callbacks.ModelCheckpoint(
           os.path.join(fn_args.model_run_dir, 'checkpoints', 'ckpt_{epoch:02d}.weights.h5'),
           save_weights_only=True),
-      _TimeBudget(cfg.get('max_train_seconds')),
+      _Schedule(cfg['learning_rate'], cfg.get('lr_schedule', 'constant'),
+                cfg.get('min_lr_ratio', 0.1),
+                steps_per_epoch * cfg['epochs'] if steps_per_epoch else None,
+                cfg.get('max_train_seconds')),
       _SampleText(vocab, model_config, cfg['sample_prompt'], cfg['sample_chars'],
                   fn_args.model_run_dir),
   ]

@@ -41,21 +41,9 @@ def run_local_pipeline(output_dir: str, corpus_sources, preset: str = 'tiny',
                        overrides: str = '', warm_start: bool = False) -> PipelineRun:
   """Runs the real pipeline through LocalDagRunner into `output_dir`."""
   from tfx import v1 as tfx
-  from pipeline import configs
-  from pipeline import pipeline as pipeline_lib
-  p = pipeline_lib.create_pipeline(
-      pipeline_name=configs.PIPELINE_NAME,
-      pipeline_root=configs.pipeline_root(output_dir),
-      corpus_sources=list(corpus_sources),
-      preset=configs.get_preset(preset, overrides),
-      trainer_run_fn=configs.TRAINER_RUN_FN,
-      serving_model_dir=os.path.join(configs.serving_model_dir(output_dir),
-                                     configs.SERVING_MODEL_NAME),
-      warm_start=warm_start,
-      metadata_connection_config=tfx.orchestration.metadata
-      .sqlite_metadata_connection_config(configs.metadata_path(output_dir)),
-      beam_pipeline_args=configs.BEAM_PIPELINE_ARGS)
-  tfx.orchestration.LocalDagRunner().run(p)
+  from pipeline import configs, local_runner
+  tfx.orchestration.LocalDagRunner().run(local_runner.build(
+      output_dir, preset, list(corpus_sources), overrides, warm_start))
   return PipelineRun(output_dir=output_dir,
                      pipeline_root=configs.pipeline_root(output_dir),
                      metadata_path=configs.metadata_path(output_dir),

@@ -1,0 +1,102 @@
+"""WindowGen: every window is seq_length + 1 real ids, splits never overlap, shards stitch."""
+
+import os
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from tfx.dsl.components.base import base_beam_executor
+from tfx.types import artifact_utils, standard_artifacts
+
+from components import window_gen
+from components.artifacts import Corpus, Vocabulary
+from components.corpus_ingest import ingest
+from components.text import CharVocab
+
+
+def _artifact(cls, uri):
+  a = cls()
+  a.uri = str(uri)
+  return a
+
+
+def _run(tmp_path, text, seq_length, stride, eval_fraction=0.1, shard_chars=1000):
+  src = tmp_path / 'src.txt'
+  src.write_text(text, encoding='utf-8')
+  corpus_dir, vocab_dir, ex_dir = (tmp_path / n for n in ('corpus', 'vocab', 'examples'))
+  for d in (corpus_dir, vocab_dir, ex_dir):
+    d.mkdir()
+  ingest([str(src)], str(corpus_dir), seq_length=seq_length, eval_fraction=eval_fraction,
+         shard_chars=shard_chars, normalization='')
+  vocab = CharVocab.from_text(text)
+  vocab.save(str(vocab_dir))
+  examples = _artifact(standard_artifacts.Examples, ex_dir)
+  executor = window_gen.Executor(base_beam_executor.BaseBeamExecutor.Context(
+      beam_pipeline_args=['--direct_running_mode=in_memory']))
+  executor.Do({'corpus': [_artifact(Corpus, corpus_dir)],
+               'vocabulary': [_artifact(Vocabulary, vocab_dir)]},
+              {'examples': [examples]},
+              {'seq_length': seq_length, 'stride': stride, 'eval_fraction': eval_fraction})
+  return examples, vocab
+
+
+def _windows(examples, split):
+  files = tf.io.gfile.glob(os.path.join(examples.uri, f'Split-{split}', '*.gz'))
+  out = []
+  for f in sorted(files):
+    for record in tf.data.TFRecordDataset(f, compression_type='GZIP'):
+      ex = tf.train.Example.FromString(record.numpy())
+      out.append(list(ex.features.feature['ids'].int64_list.value))
+  return out
+
+
+def _text(n):
+  rng = np.random.default_rng(0)
+  alphabet = list('abcdefghij \n') + ['\u00e9', '\U0001F600']
+  return ''.join(rng.choice(alphabet, size=n))
+
+
+@pytest.mark.parametrize('stride', [10, 7, 11])
+def test_windows_cover_each_split_in_order_and_never_cross_the_boundary(tmp_path, stride):
+  text = _text(5000)
+  examples, vocab = _run(tmp_path, text, seq_length=10, stride=stride, shard_chars=333)
+  boundary = window_gen.split_boundary(len(text), 0.1)
+  assert artifact_utils.decode_split_names(examples.split_names) == ['train', 'eval']
+  for split, (lo, hi) in {'train': (0, boundary), 'eval': (boundary, len(text))}.items():
+    got = _windows(examples, split)
+    expected = [list(vocab.encode(text[s:s + 11])) for s in range(lo, hi - 10, stride)]
+    assert got == expected, split
+    assert examples.get_int_custom_property(f'num_windows_{split}') == len(expected)
+
+
+def test_default_stride_matches_the_tutorials_input_target_shift(tmp_path):
+  text = _text(3000)
+  examples, vocab = _run(tmp_path, text, seq_length=100, stride=100)
+  first = _windows(examples, 'train')[0]
+  assert len(first) == 101
+  assert vocab.decode(first[:-1]) == text[:100]       # input
+  assert vocab.decode(first[1:]) == text[1:101]       # target, shifted by one
+
+
+def test_fast_serialization_equals_protobuf_serialization():
+  ids = np.arange(101) % 66
+  fast = window_gen.serialize_fn(101, 66)
+  slow = window_gen.serialize_fn(101, 300)   # the generic path
+  assert fast(ids) == slow(ids)
+  parsed = tf.io.parse_single_example(fast(ids), {'ids': tf.io.FixedLenFeature([101], tf.int64)})
+  np.testing.assert_array_equal(parsed['ids'].numpy(), ids)
+
+
+def test_large_vocabularies_use_the_generic_encoding(tmp_path):
+  text = ''.join(chr(0x4e00 + i % 300) for i in range(3000))
+  examples, vocab = _run(tmp_path, text, seq_length=20, stride=20)
+  assert len(vocab) > 128
+  assert _windows(examples, 'train')[0] == list(vocab.encode(text[:21]))
+
+
+def test_window_starts_arithmetic():
+  assert list(window_gen.window_starts(0, 50, 11, 10, 0, 50)) == [0, 10, 20, 30]
+  # Only the starts inside [lo, hi), aligned to the region's grid.
+  assert list(window_gen.window_starts(5, 100, 11, 10, 20, 60)) == [25, 35, 45, 55]
+  assert list(window_gen.window_starts(0, 10, 11, 10, 0, 10)) == []
+  assert window_gen.count_windows(90, 100, 11, 10) == 0
