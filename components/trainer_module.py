@@ -146,6 +146,20 @@ def _warm_start(model: keras.Model, base_model_dir: Optional[str], vocab: CharVo
   return f'warm-started from {keras_dir}'
 
 
+def resolve_precision(precision: str) -> str:
+  """`auto`: bfloat16 compute on CPUs with native bf16 (AVX512-BF16, AMX), else float32."""
+  if precision != 'auto':
+    return precision
+  if tf.config.list_physical_devices('GPU'):
+    return 'float32'
+  try:
+    with open('/proc/cpuinfo') as f:
+      flags = f.read()
+  except OSError:
+    return 'float32'
+  return 'mixed_bfloat16' if ('avx512_bf16' in flags or 'amx_bf16' in flags) else 'float32'
+
+
 def run_fn(fn_args: FnArgs) -> None:
   cfg = fn_args.custom_config
   vocab = CharVocab.load(cfg['vocabulary_uri'])
@@ -164,7 +178,9 @@ def run_fn(fn_args: FnArgs) -> None:
   # Layers take the dtype policy in force when they are built; restore the
   # global one straight after so nothing else in the process is affected.
   previous_policy = keras.mixed_precision.global_policy()
-  keras.mixed_precision.set_global_policy(cfg.get('precision', 'float32'))
+  precision = resolve_precision(cfg.get('precision', 'float32'))
+  logging.info('Compute precision: %s', precision)
+  keras.mixed_precision.set_global_policy(precision)
   try:
     model = model_lib.build_keras_model(len(vocab), **model_config)
   finally:
@@ -213,6 +229,7 @@ def run_fn(fn_args: FnArgs) -> None:
       'train_seconds': train_seconds,
       'history': {k: [float(v) for v in vs] for k, vs in history.history.items()},
       'start': start_note,
+      'precision': precision,
       'vocab_size': len(vocab),
       'state_size': model_lib.state_size(model_config['rnn_type'],
                                          model_config['rnn_units'],

@@ -86,7 +86,8 @@ class Preset:
   learning_rate: float = 1e-3
   lr_schedule: str = 'constant'         # constant | cosine (to lr * min_lr_ratio)
   min_lr_ratio: float = 0.1
-  # float32 | mixed_bfloat16 (CPUs with AVX512-BF16/AMX: ~1.4x here) | mixed_float16 (GPUs)
+  # float32 | mixed_bfloat16 (CPUs with AVX512-BF16/AMX: ~1.4x here) | mixed_float16
+  # (GPUs) | auto (mixed_bfloat16 where the CPU computes bf16 natively, else float32)
   precision: str = 'float32'
   epochs: int = 20
   steps_per_epoch: Optional[int] = None  # None: one full pass over the train split
@@ -170,7 +171,7 @@ def get_preset(name: Optional[str] = None,
   preset = dataclasses.replace(PRESETS[name], **_parse_overrides(overrides))
   for field, allowed in (('rnn_type', ('gru', 'lstm')),
                          ('lr_schedule', ('constant', 'cosine')),
-                         ('precision', ('float32', 'mixed_bfloat16', 'mixed_float16'))):
+                         ('precision', ('float32', 'mixed_bfloat16', 'mixed_float16', 'auto'))):
     if getattr(preset, field) not in allowed:
       raise ValueError(f'{field} must be one of {allowed}, not {getattr(preset, field)!r}')
   return preset

@@ -1,0 +1,117 @@
+"""EvaluationGate: eval loss of the exported model decides the blessing the Pusher honours."""
+
+import json
+import math
+import os
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from tfx.types import standard_artifacts
+
+from components import evaluation_gate, window_gen
+from components.model import build_keras_model, export_serving_model
+from components.artifacts import Vocabulary
+from components.text import CharVocab
+
+TEXT = ('First Citizen:\nBefore we proceed any further, hear me speak.\n'
+        'All:\nSpeak, speak.\n') * 20
+VOCAB = CharVocab.from_text(TEXT)
+CFG = dict(embedding_dim=8, rnn_type='gru', rnn_units=16, num_layers=1, dropout=0.0)
+
+
+def _artifact(cls, uri, artifact_id=None):
+  a = cls()
+  a.uri = str(uri)
+  if artifact_id is not None:
+    a.id = artifact_id
+  return a
+
+
+def _model(tmp_path, name, noise, artifact_id):
+  tf.keras.utils.set_random_seed(artifact_id)
+  keras_model = build_keras_model(len(VOCAB), **CFG)
+  rng = np.random.default_rng(artifact_id)
+  keras_model.set_weights([w + rng.normal(0, noise, w.shape).astype(w.dtype)
+                           for w in keras_model.get_weights()])
+  uri = tmp_path / name
+  export_serving_model(keras_model, VOCAB.tokens, CFG, 100, str(uri / 'Format-Serving'))
+  return _artifact(standard_artifacts.Model, uri, artifact_id)
+
+
+@pytest.fixture(scope='module')
+def setup(tmp_path_factory):
+  tmp = tmp_path_factory.mktemp('gate')
+  examples = tmp / 'examples'
+  (examples / 'Split-eval').mkdir(parents=True)
+  serialize = window_gen.serialize_fn(21, len(VOCAB))
+  ids = VOCAB.encode(TEXT)
+  with tf.io.TFRecordWriter(str(examples / 'Split-eval' / 'data.gz'), 'GZIP') as w:
+    for s in range(0, len(ids) - 21, 20):
+      w.write(serialize(ids[s:s + 21]))
+  vocab_dir = tmp / 'vocab'
+  vocab_dir.mkdir()
+  VOCAB.save(str(vocab_dir))
+  good = _model(tmp, 'good', 0.01, 1)
+  bad = _model(tmp, 'bad', 2.0, 2)
+  texts = evaluation_gate.eval_texts(str(examples), VOCAB)
+  losses = {m.id: evaluation_gate.eval_loss(os.path.join(m.uri, 'Format-Serving'), texts)
+            for m in (good, bad)}
+  return tmp, examples, vocab_dir, good, bad, losses
+
+
+def _gate(tmp, examples, vocab_dir, model, baseline, max_eval_loss, tolerance, name):
+  blessing = _artifact(standard_artifacts.ModelBlessing, tmp / name)
+  os.makedirs(blessing.uri)
+  inputs = {'model': [model],
+            'examples': [_artifact(standard_artifacts.Examples, examples)],
+            'vocabulary': [_artifact(Vocabulary, vocab_dir)]}
+  if baseline is not None:
+    inputs['baseline_model'] = [baseline]
+  evaluation_gate.Executor().Do(inputs, {'blessing': [blessing]},
+                                {'max_eval_loss': max_eval_loss,
+                                 'regression_tolerance': tolerance, 'max_eval_windows': 0})
+  with open(os.path.join(blessing.uri, 'evaluation.json')) as f:
+    return blessing, json.load(f)
+
+
+def test_eval_loss_is_the_mean_negative_log_likelihood_per_character(setup):
+  tmp, examples, *_ , good, _, losses = setup
+  texts = evaluation_gate.eval_texts(str(examples), VOCAB)
+  assert all(len(t) == 21 for t in texts)
+  score = tf.saved_model.load(os.path.join(good.uri, 'Format-Serving')).signatures['score']
+  out = score(text=tf.constant(texts))
+  expected = -out['log_likelihood'].numpy().sum() / out['num_scored'].numpy().sum()
+  assert losses[good.id] == pytest.approx(expected, rel=1e-5)
+  assert out['num_scored'].numpy().tolist() == [20] * len(texts)
+
+
+def test_candidate_under_threshold_without_baseline_is_blessed(setup):
+  tmp, examples, vocab_dir, good, _, losses = setup
+  blessing, result = _gate(tmp, examples, vocab_dir, good, None, losses[good.id] + 0.01, 0.0, 'b1')
+  assert blessing.get_int_custom_property('blessed') == 1
+  assert blessing.get_int_custom_property('current_model_id') == good.id
+  assert os.path.exists(os.path.join(blessing.uri, 'BLESSED'))
+  assert result['bits_per_char'] == pytest.approx(losses[good.id] / math.log(2))
+
+
+def test_candidate_over_threshold_is_not_blessed(setup):
+  tmp, examples, vocab_dir, good, _, losses = setup
+  blessing, result = _gate(tmp, examples, vocab_dir, good, None, losses[good.id] - 0.01, 0.0, 'b2')
+  assert blessing.get_int_custom_property('blessed') == 0
+  assert os.path.exists(os.path.join(blessing.uri, 'NOT_BLESSED'))
+  assert 'threshold' in result['reasons'][0]
+
+
+def test_candidate_worse_than_blessed_baseline_beyond_tolerance_is_not_blessed(setup):
+  tmp, examples, vocab_dir, good, bad, losses = setup
+  assert losses[bad.id] > losses[good.id] + 0.1
+  blessing, result = _gate(tmp, examples, vocab_dir, bad, good, 100.0, 0.1, 'b3')
+  assert blessing.get_int_custom_property('blessed') == 0
+  assert blessing.get_int_custom_property('baseline_model_id') == good.id
+  assert result['baseline_eval_loss'] == pytest.approx(losses[good.id])
+  assert 'baseline' in result['reasons'][0]
+  # Within the tolerance it passes.
+  blessing, _ = _gate(tmp, examples, vocab_dir, bad, good, 100.0,
+                      losses[bad.id] - losses[good.id] + 0.01, 'b4')
+  assert blessing.get_int_custom_property('blessed') == 1
