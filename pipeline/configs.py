@@ -175,3 +175,47 @@ def get_preset(name: Optional[str] = None,
     if getattr(preset, field) not in allowed:
       raise ValueError(f'{field} must be one of {allowed}, not {getattr(preset, field)!r}')
   return preset
+
+
+# ---------------------------------------------------------------- Kubeflow
+# Knobs of pipeline/kubeflow_runner.py (compile), pipeline/schedule.py (upload
+# and recurring run) and the Dockerfile's image. Same rule: environment
+# variables override; the runners' flags override both.
+#
+#   CHAR_RNN_IMAGE              the pipeline image every KFP task runs (built from ./Dockerfile)
+#   CHAR_RNN_KFP_PIPELINE_ROOT  where KFP puts artifacts: gs://... (TensorFlow reads and
+#                               writes it natively; s3:// would need tensorflow-io in the image)
+#   CHAR_RNN_KFP_CORPUS         comma-separated corpus sources as the cluster sees them
+#   CHAR_RNN_KFP_SERVING_DIR    the Pusher's base on the cluster (TF Serving watches <this>/char_rnn)
+#   CHAR_RNN_KFP_BEAM_ARGS      Beam args for WindowGen on the cluster (e.g. --runner=DataflowRunner ...)
+#   CHAR_RNN_KFP_WARM_START     0 to train every scheduled run from scratch
+#   CHAR_RNN_KFP_SPEC           the compiled PipelineSpec (YAML)
+#   CHAR_RNN_KFP_HOST           the KFP API endpoint, e.g. http://localhost:8080 after
+#                               `kubectl port-forward -n kubeflow svc/ml-pipeline-ui 8080:80`
+#   CHAR_RNN_KFP_NAMESPACE      the user namespace of a multi-user KFP ('' for single-user)
+#   CHAR_RNN_KFP_EXPERIMENT     the experiment that holds the recurring run
+#   CHAR_RNN_KFP_CRON           KFP's 6-field cron (seconds first): daily at 03:00 UTC by default
+IMAGE = os.environ.get('CHAR_RNN_IMAGE', 'char-rnn-tfx:0.1.0')
+KFP_PIPELINE_ROOT = os.environ.get('CHAR_RNN_KFP_PIPELINE_ROOT',
+                                   'gs://char-rnn-tfx/pipeline_root')
+KFP_CORPUS_SOURCES: List[str] = [
+    s.strip()
+    for s in os.environ.get('CHAR_RNN_KFP_CORPUS', TUTORIAL_CORPUS_URL).split(',')
+    if s.strip()
+]
+KFP_SERVING_MODEL_DIR = os.environ.get('CHAR_RNN_KFP_SERVING_DIR',
+                                       'gs://char-rnn-tfx/serving_model')
+KFP_BEAM_PIPELINE_ARGS: List[str] = shlex.split(
+    os.environ.get('CHAR_RNN_KFP_BEAM_ARGS',
+                   '--direct_running_mode=multi_processing --direct_num_workers=0'))
+KFP_WARM_START = os.environ.get('CHAR_RNN_KFP_WARM_START', '1') not in ('', '0', 'false')
+KFP_PIPELINE_SPEC = os.environ.get(
+    'CHAR_RNN_KFP_SPEC', os.path.join(OUTPUT_DIR, 'kubeflow', f'{PIPELINE_NAME}.yaml'))
+KFP_HOST = os.environ.get('CHAR_RNN_KFP_HOST', 'http://localhost:8080')
+KFP_NAMESPACE = os.environ.get('CHAR_RNN_KFP_NAMESPACE', '')
+KFP_EXPERIMENT = os.environ.get('CHAR_RNN_KFP_EXPERIMENT', PIPELINE_NAME)
+KFP_SCHEDULE_CRON = os.environ.get('CHAR_RNN_KFP_CRON', '0 0 3 * * *')
+# The CorpusIngest parameter that stands for the corpus content on the cluster.
+# Compiling must not read the corpus (it lives where the cluster is), and the
+# task runs uncached there, so this only has to be fixed.
+KFP_CORPUS_FINGERPRINT = 'kfp-uncached-ingest'
