@@ -35,7 +35,7 @@ if __name__ == '__main__':
 
 import grpc
 from tensorflow_serving.apis import (get_model_metadata_pb2, get_model_status_pb2,
-                                     model_service_pb2, model_service_pb2_grpc,
+                                     model_management_pb2, model_service_pb2_grpc,
                                      predict_pb2, prediction_service_pb2_grpc)
 from tensorflow_serving.config import model_server_config_pb2
 
@@ -134,7 +134,7 @@ class ModelServicer(model_service_pb2_grpc.ModelServiceServicer):
 
   def HandleReloadConfigRequest(self, request, context):  # noqa: N802
     """Replaces the model list, then loads/unloads before answering (as TF Serving)."""
-    response = model_service_pb2.ReloadConfigResponse()
+    response = model_management_pb2.ReloadConfigResponse()
     try:
       self._manager.set_config(request.config)
       self._manager.poll()
