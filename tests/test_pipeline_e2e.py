@@ -135,6 +135,10 @@ def test_rerun_with_nothing_changed_is_served_from_cache(tiny_pipeline, second_r
     assert states[0] == Execution.COMPLETE and set(states[1:]) == {Execution.CACHED}, node
   trainer_states = [e.last_known_state for e in by_node['CharRnnTrainer']]
   assert trainer_states[:2] == [Execution.COMPLETE, Execution.CACHED]
+  # The gate re-runs once (its baseline is now the first run's blessed model,
+  # the same model) and the Pusher pushes that model again as a new version.
+  before, after_rerun, *_ = second_runs
+  assert len(after_rerun) == len(before) + 1
 
 
 def test_warm_start_continues_from_the_blessed_model_and_is_pushed_when_better(
