@@ -89,6 +89,18 @@ def test_http_url_is_downloaded(tmp_path, http_dir):
   assert _read_all(out) == _text()
 
 
+def test_remote_filesystems_are_read_through_tf_io_gfile(tmp_path):
+  """gs:// goes through tf.io.gfile; TF's in-memory ram:// filesystem takes the same path here."""
+  for name in ('b.txt', 'a.txt'):
+    with tf.io.gfile.GFile(f'ram://corpus-test/{name}', 'w') as f:
+      f.write(name[0] * BIG)
+  out = tmp_path / 'out'
+  out.mkdir()
+  _ingest(['ram://corpus-test/*.txt'], out)
+  assert _read_all(out) == 'a' * BIG + 'b' * BIG
+  assert not source_fingerprint(['ram://corpus-test/*.txt']).startswith('unfingerprinted')
+
+
 def test_fingerprint_changes_with_content_and_only_then(tmp_path):
   src = tmp_path / 'a.txt'
   src.write_text(_text())
