@@ -175,22 +175,31 @@ def postprocess(spec: Dict[str, Any], pipeline_root: str,
 
 
 # ---------------------------------------------------------------- compile
-def compile_pipeline(pipeline: tfx.dsl.Pipeline, output_path: str,
-                     image: str = configs.IMAGE,
-                     keep_resolver: bool = False) -> Dict[str, Any]:
-  """Writes the PipelineSpec YAML to `output_path` and returns it as a dict."""
+def compile_raw(pipeline: tfx.dsl.Pipeline, image: str = configs.IMAGE) -> Dict[str, Any]:
+  """The PipelineSpec exactly as TFX's KubeflowV2DagRunner compiles it (as a dict)."""
   runner = kubeflow_v2_dag_runner.KubeflowV2DagRunner(
       config=kubeflow_v2_dag_runner.KubeflowV2DagRunnerConfig(
           default_image=image, use_pipeline_spec_2_1=True))
   with _custom_artifact_schemas():
     job = runner.run(pipeline, write_out=False)
-  spec = postprocess(job['pipelineSpec'], pipeline.pipeline_info.pipeline_root,
-                     keep_resolver=keep_resolver)
+  return job['pipelineSpec']
+
+
+def write_spec(spec: Dict[str, Any], output_path: str) -> None:
   os.makedirs(os.path.dirname(os.path.abspath(output_path)), exist_ok=True)
   with open(output_path, 'w') as f:
     f.write(f'# PIPELINE DEFINITION\n# Name: {spec["pipelineInfo"]["name"]}\n'
-            f'# Compiled by pipeline/kubeflow_runner.py ({spec["sdkVersion"]}), image {image}\n')
+            f'# Compiled by pipeline/kubeflow_runner.py ({spec["sdkVersion"]})\n')
     yaml.safe_dump(spec, f, sort_keys=True)
+
+
+def compile_pipeline(pipeline: tfx.dsl.Pipeline, output_path: str,
+                     image: str = configs.IMAGE,
+                     keep_resolver: bool = False) -> Dict[str, Any]:
+  """Writes the KFP-ready PipelineSpec YAML to `output_path` and returns it as a dict."""
+  spec = postprocess(compile_raw(pipeline, image), pipeline.pipeline_info.pipeline_root,
+                     keep_resolver=keep_resolver)
+  write_spec(spec, output_path)
   return spec
 
 
