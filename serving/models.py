@@ -25,6 +25,7 @@ import dataclasses
 import logging
 import os
 import threading
+import warnings
 from typing import Dict, List, Optional, Tuple
 
 import grpc
@@ -69,8 +70,11 @@ class Servable:
 
 def read_signature_defs(version_dir: str) -> Dict[str, meta_graph_pb2.SignatureDef]:
   saved_model = saved_model_pb2.SavedModel()
-  with open(os.path.join(version_dir, SAVED_MODEL_PB), 'rb') as f:
+  with open(os.path.join(version_dir, SAVED_MODEL_PB), 'rb') as f, warnings.catch_warnings():
+    warnings.simplefilter('ignore', RuntimeWarning)   # protobuf's note on a corrupt file
     saved_model.ParseFromString(f.read())
+  if not saved_model.meta_graphs:
+    raise ValueError(f'{SAVED_MODEL_PB} holds no MetaGraphDef')
   defs = saved_model.meta_graphs[0].signature_def
   return {k: defs[k] for k in sorted(defs) if k not in _HIDDEN_SIGNATURES}
 
