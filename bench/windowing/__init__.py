@@ -1,0 +1,1 @@
+"""bench.windowing: CorpusIngest + WindowGen throughput and peak memory on a large corpus."""
