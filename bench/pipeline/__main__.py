@@ -1,0 +1,4 @@
+from bench.pipeline.bench import main
+
+if __name__ == '__main__':
+  main()
