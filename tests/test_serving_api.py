@@ -8,7 +8,6 @@ serving.client library and raw tensorflow_serving.apis stubs; nothing is mocked.
 
 import json
 import math
-import os
 import threading
 import urllib.error
 import urllib.request
