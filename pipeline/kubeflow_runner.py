@@ -239,9 +239,14 @@ def main(argv: Optional[List[str]] = None) -> str:
       beam_pipeline_args=shlex.split(args.beam_args), warm_start=args.warm_start)
   spec = compile_pipeline(pipeline, args.output, image=args.image,
                           keep_resolver=args.keep_resolver)
+  if args.warm_start and not args.keep_resolver:
+    print('note: warm start needs the LatestBlessedModel resolver, which open-source KFP '
+          'cannot run; this spec trains from scratch and gates on max_eval_loss only '
+          '(--keep-resolver keeps it for Vertex AI Pipelines)', file=sys.stderr)
   print(json.dumps({'pipeline_spec': os.path.abspath(args.output),
                     'tasks': sorted(spec['root']['dag']['tasks']),
-                    'uncached': ingest_task_names(spec), 'image': args.image}))
+                    'uncached': ingest_task_names(spec), 'image': args.image,
+                    'resolver': 'kept' if args.keep_resolver else 'removed'}))
   return args.output
 
 
