@@ -10,7 +10,7 @@ setup(
     version='0.1.0',
     description='Character-level RNN text generation as a TFX pipeline with TF Serving',
     python_requires='>=3.10,<3.11',
-    packages=find_packages(include=['pipeline', 'components', 'serving']),
+    packages=find_packages(include=['pipeline', 'components', 'serving', 'charrnn']),
     install_requires=[
         'tfx[kfp]==1.16.0',
         'tensorflow==2.16.2',

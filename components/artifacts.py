@@ -1,15 +1,17 @@
 """Typed artifacts that flow between the custom components.
 
-TYPE_NAMEs carry a `charrnn.` prefix: KFP v2 wants custom artifact types to be
-namespaced, and the class must import inside the pipeline image (this package is
-installed there).
+TYPE_NAMEs are `charrnn.<Class>`: KFP v2 wants custom artifact types namespaced,
+and its container entrypoint rebuilds an artifact by importing the class its
+type name names, so the top-level `charrnn` package re-exports these classes.
+Figures live in custom properties (TFX's KFP v2 compiler rejects custom types
+that declare PROPERTIES):
+
+  Corpus      num_chars, num_shards, fingerprint (sha256 of the text), sources
+  Vocabulary  vocab_size (including [UNK]), fingerprint (sha256 of the tokens)
 """
 
 from tfx.types import artifact
 from tfx.types.system_artifacts import Dataset
-
-_INT = artifact.Property(type=artifact.PropertyType.INT)
-_STRING = artifact.Property(type=artifact.PropertyType.STRING)
 
 
 class Corpus(artifact.Artifact):
@@ -20,18 +22,8 @@ class Corpus(artifact.Artifact):
   """
   TYPE_NAME = 'charrnn.Corpus'
   TYPE_ANNOTATION = Dataset
-  PROPERTIES = {
-      'num_chars': _INT,
-      'num_shards': _INT,
-      'fingerprint': _STRING,   # sha256 of the normalised text
-      'sources': _STRING,       # comma-separated, as given
-  }
 
 
 class Vocabulary(artifact.Artifact):
   """`vocabulary.json`: the token list, id 0 = `[UNK]`, then characters by code point."""
   TYPE_NAME = 'charrnn.Vocabulary'
-  PROPERTIES = {
-      'vocab_size': _INT,       # including [UNK]
-      'fingerprint': _STRING,   # sha256 of the token list
-  }

@@ -258,10 +258,10 @@ class Executor(base_executor.BaseExecutor):
         eval_fraction=exec_properties['eval_fraction'],
         shard_chars=exec_properties['shard_chars'],
         normalization=exec_properties['unicode_normalization'])
-    corpus.num_chars = num_chars
-    corpus.num_shards = len(shards)
-    corpus.fingerprint = fingerprint
-    corpus.sources = ','.join(sources)
+    corpus.set_int_custom_property('num_chars', num_chars)
+    corpus.set_int_custom_property('num_shards', len(shards))
+    corpus.set_string_custom_property('fingerprint', fingerprint)
+    corpus.set_string_custom_property('sources', ','.join(sources))
 
 
 def ingest(sources: List[str], output_dir: str, seq_length: int,

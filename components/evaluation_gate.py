@@ -3,7 +3,8 @@
 Spec:
   inputs      model: Model (candidate), examples: Examples (its eval split),
               vocabulary: charrnn.Vocabulary (to turn eval ids back into text),
-              baseline_model: Model, optional (the latest blessed one, from a Resolver)
+              baseline_model: Model, optional (what is served now, from ServedModel;
+                              an empty placeholder when nothing is served)
   outputs     blessing: ModelBlessing
   parameters  max_eval_loss, regression_tolerance, max_eval_windows
 
@@ -12,8 +13,8 @@ model that would be pushed, not the Keras object that trained it), so the
 figure is eval loss in nats/char over the eval windows, exactly the training
 loss. The candidate is blessed when its loss is at most `max_eval_loss` and at
 most the baseline's loss + `regression_tolerance`. The blessing carries the
-custom properties the standard Pusher and LatestBlessedModelStrategy read
-(`blessed`, `current_model_id`, ...) and `evaluation.json` with the figures.
+custom properties the standard Pusher (and TFX's LatestBlessedModelStrategy)
+read (`blessed`, `current_model_id`, ...) and `evaluation.json` with the figures.
 """
 
 import json
@@ -30,6 +31,7 @@ from tfx.types import artifact_utils, standard_artifacts
 from tfx.types.component_spec import ChannelParameter, ComponentSpec, ExecutionParameter
 from tfx.utils import io_utils, path_utils
 
+from components import served_model
 from components.artifacts import Vocabulary
 from components.text import CharVocab
 from components.window_gen import FEATURE_KEY
@@ -88,7 +90,8 @@ class Executor(base_executor.BaseExecutor):
     model = artifact_utils.get_single_instance(input_dict['model'])
     examples = artifact_utils.get_single_instance(input_dict['examples'])
     vocab = CharVocab.load(artifact_utils.get_single_uri(input_dict['vocabulary']))
-    baselines = input_dict.get('baseline_model') or []
+    baselines = [b for b in input_dict.get('baseline_model') or []
+                 if not served_model.is_empty(b)]
     baseline: Optional[types.Artifact] = baselines[0] if baselines else None
     blessing = artifact_utils.get_single_instance(output_dict['blessing'])
 

@@ -1,10 +1,11 @@
 """The Trainer's module: `run_fn` trains the char-RNN and exports the serving model.
 
-What lands in the Model artifact:
+What lands in the Model artifact (all of it is pushed, so a served model
+carries what the next warm start needs):
   Format-Serving/                 the SavedModel TF Serving loads (core TF ops only)
     assets.extra/vocabulary.json  the ids it was trained with
     assets.extra/metrics.json     eval loss (nats/char), bits/char, training figures
-  keras/model.weights.h5, keras/config.json   for warm starts of the next run
+    assets.extra/keras/           Keras weights + config, for warm starts
 
 And in ModelRun: TensorBoard logs (loss curves, a text sample after every
 epoch) and a weights checkpoint per epoch, as in the tutorial.
@@ -126,19 +127,20 @@ class _SampleText(keras.callbacks.Callback):
 
 def _warm_start(model: keras.Model, base_model_dir: Optional[str], vocab: CharVocab,
                 model_config: Dict[str, Any]) -> str:
-  """Loads the latest blessed model's weights when they fit; says what it did."""
-  if not base_model_dir:
-    return 'from scratch (no blessed model to warm-start from)'
-  keras_dir = os.path.join(os.path.dirname(base_model_dir.rstrip('/')), KERAS_DIR)
+  """Loads the served model's Keras weights when they fit; says what it did."""
+  if not base_model_dir or not tf.io.gfile.exists(
+      os.path.join(base_model_dir, 'saved_model.pb')):
+    return 'from scratch (no served model to warm-start from)'
+  keras_dir = os.path.join(base_model_dir, 'assets.extra', KERAS_DIR)
   try:
     with tf.io.gfile.GFile(os.path.join(keras_dir, CONFIG_FILE)) as f:
       base = json.load(f)
   except tf.errors.NotFoundError:
-    return f'from scratch (base model has no {KERAS_DIR}/{CONFIG_FILE})'
+    return f'from scratch (the served model has no assets.extra/{KERAS_DIR}/{CONFIG_FILE})'
   if base['tokens'] != vocab.tokens:
-    return 'from scratch (the vocabulary changed since the blessed model)'
+    return 'from scratch (the vocabulary changed since the served model)'
   if base['model_config'] != model_config:
-    return 'from scratch (the model architecture changed since the blessed model)'
+    return 'from scratch (the model architecture changed since the served model)'
   local = os.path.join(os.environ.get('TMPDIR', '/tmp'), f'warm-{time.time_ns()}.weights.h5')
   tf.io.gfile.copy(os.path.join(keras_dir, WEIGHTS_FILE), local, overwrite=True)
   model.load_weights(local)
@@ -239,7 +241,7 @@ def run_fn(fn_args: FnArgs) -> None:
   with tf.io.gfile.GFile(os.path.join(extra, METRICS_FILE), 'w') as f:
     f.write(json.dumps(metrics, indent=1))
 
-  keras_dir = os.path.join(os.path.dirname(serving_dir.rstrip('/')), KERAS_DIR)
+  keras_dir = os.path.join(extra, KERAS_DIR)
   tf.io.gfile.makedirs(keras_dir)
   local = os.path.join(os.environ.get('TMPDIR', '/tmp'), f'save-{time.time_ns()}.weights.h5')
   model.save_weights(local)   # h5 needs a local file; the artifact may be on gs://

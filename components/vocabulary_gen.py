@@ -38,8 +38,8 @@ class Executor(base_executor.BaseExecutor):
       chars.update(shard)
     vocab = text_lib.CharVocab.from_chars(chars)
     vocab.save(vocabulary.uri)
-    vocabulary.vocab_size = len(vocab)
-    vocabulary.fingerprint = vocab.fingerprint
+    vocabulary.set_int_custom_property('vocab_size', len(vocab))
+    vocabulary.set_string_custom_property('fingerprint', vocab.fingerprint)
 
 
 class VocabularyGen(base_component.BaseComponent):

@@ -2,7 +2,7 @@
 
   CorpusIngest -> VocabularyGen -> WindowGen -> CharRnnTrainer -> EvaluationGate -> Pusher
                   (Corpus)         (Examples)   (Model)            (ModelBlessing)
-  latest blessed Model (Resolver) -> EvaluationGate's baseline, and the
+  ServedModel (the newest pushed version) -> EvaluationGate's baseline, and the
   Trainer's base_model when warm_start is on.
 """
 
@@ -12,6 +12,7 @@ from tfx import v1 as tfx
 
 from components.corpus_ingest import CorpusIngest
 from components.evaluation_gate import EvaluationGate
+from components.served_model import ServedModel
 from components.trainer import CharRnnTrainer
 from components.vocabulary_gen import VocabularyGen
 from components.window_gen import WindowGen
@@ -22,8 +23,14 @@ def create_pipeline(pipeline_name: str, pipeline_root: str, corpus_sources: List
                     warm_start: bool = False, enable_cache: bool = True,
                     metadata_connection_config: Optional[Any] = None,
                     beam_pipeline_args: Optional[List[str]] = None,
-                    corpus_fingerprint: Optional[str] = None) -> tfx.dsl.Pipeline:
-  """`preset` is a configs.Preset; `serving_model_dir` is the Pusher's base directory."""
+                    corpus_fingerprint: Optional[str] = None,
+                    served_model_fingerprint: Optional[str] = None) -> tfx.dsl.Pipeline:
+  """`preset` is a configs.Preset; `serving_model_dir` is the Pusher's base directory.
+
+  The fingerprints default to what the sources and the serving directory hold
+  now (read at build time); a compiler for another orchestrator passes fixed
+  values and disables caching of those two steps instead.
+  """
   ingest = CorpusIngest(
       sources=corpus_sources, seq_length=preset.seq_length,
       eval_fraction=preset.eval_fraction, shard_chars=preset.shard_chars,
@@ -35,23 +42,20 @@ def create_pipeline(pipeline_name: str, pipeline_root: str, corpus_sources: List
       seq_length=preset.seq_length, stride=preset.window_stride,
       eval_fraction=preset.eval_fraction)
 
-  latest_blessed = tfx.dsl.Resolver(
-      strategy_class=tfx.dsl.experimental.LatestBlessedModelStrategy,
-      model=tfx.dsl.Channel(type=tfx.types.standard_artifacts.Model),
-      model_blessing=tfx.dsl.Channel(type=tfx.types.standard_artifacts.ModelBlessing),
-  ).with_id('latest_blessed_model_resolver')
+  served = ServedModel(serving_model_dir=serving_model_dir,
+                       fingerprint=served_model_fingerprint)
 
   trainer = CharRnnTrainer(
       examples=windows.outputs['examples'],
       vocabulary=vocabulary.outputs['vocabulary'],
-      base_model=latest_blessed.outputs['model'] if warm_start else None,
+      base_model=served.outputs['model'] if warm_start else None,
       run_fn=trainer_run_fn,
       custom_config=preset.training_config())
 
   gate = EvaluationGate(
       model=trainer.outputs['model'], examples=windows.outputs['examples'],
       vocabulary=vocabulary.outputs['vocabulary'],
-      baseline_model=latest_blessed.outputs['model'],
+      baseline_model=served.outputs['model'],
       max_eval_loss=preset.max_eval_loss,
       regression_tolerance=preset.regression_tolerance)
 
@@ -65,7 +69,7 @@ def create_pipeline(pipeline_name: str, pipeline_root: str, corpus_sources: List
   return tfx.dsl.Pipeline(
       pipeline_name=pipeline_name,
       pipeline_root=pipeline_root,
-      components=[ingest, vocabulary, windows, latest_blessed, trainer, gate, pusher],
+      components=[ingest, vocabulary, windows, served, trainer, gate, pusher],
       enable_cache=enable_cache,
       metadata_connection_config=metadata_connection_config,
       beam_pipeline_args=beam_pipeline_args or [])

@@ -19,8 +19,8 @@ from tfx import v1 as tfx
 
 from tests.conftest import REPO_DIR, run_local_pipeline
 
-NODES = ['CorpusIngest', 'VocabularyGen', 'WindowGen', 'latest_blessed_model_resolver',
-         'CharRnnTrainer', 'EvaluationGate', 'Pusher']
+NODES = ['CorpusIngest', 'VocabularyGen', 'WindowGen', 'ServedModel', 'CharRnnTrainer',
+         'EvaluationGate', 'Pusher']
 Execution = metadata_store_pb2.Execution
 
 
@@ -46,8 +46,6 @@ def test_every_component_ran_and_artifacts_are_linked(tiny_pipeline):
   store = _store(tiny_pipeline)
   by_node = _executions_by_node(store)
   for node in NODES:
-    if node == 'latest_blessed_model_resolver':
-      continue   # resolvers are not executions
     assert [e.last_known_state for e in by_node[node]] == [Execution.COMPLETE], node
 
   def io(node):
@@ -61,6 +59,7 @@ def test_every_component_ran_and_artifacts_are_linked(tiny_pipeline):
   vocab_in, vocab = io('VocabularyGen')
   windows_in, examples = io('WindowGen')
   trainer_in, trainer_out = io('CharRnnTrainer')
+  _, served = io('ServedModel')
   gate_in, blessing = io('EvaluationGate')
   pusher_in, pushed = io('Pusher')
   assert vocab_in == corpus
@@ -69,12 +68,15 @@ def test_every_component_ran_and_artifacts_are_linked(tiny_pipeline):
   assert trainer_in == examples | vocab
   [model] = [a for a in store.get_artifacts_by_id(list(trainer_out))
              if a.type == 'Model']
-  assert gate_in == {model.id} | examples | vocab
+  assert gate_in == {model.id} | examples | vocab | served
+  # Nothing was served before the first run: the baseline is an empty placeholder.
+  [served_artifact] = store.get_artifacts_by_id(list(served))
+  assert served_artifact.custom_properties['served_version'].int_value == 0
   assert pusher_in == {model.id} | blessing
   [corpus_artifact] = store.get_artifacts_by_id(list(corpus))
-  assert corpus_artifact.properties['num_chars'].int_value == 1115394
+  assert corpus_artifact.custom_properties['num_chars'].int_value == 1115394
   [vocab_artifact] = store.get_artifacts_by_id(list(vocab))
-  assert vocab_artifact.properties['vocab_size'].int_value == 66
+  assert vocab_artifact.custom_properties['vocab_size'].int_value == 66
   [blessing_artifact] = store.get_artifacts_by_id(list(blessing))
   assert blessing_artifact.custom_properties['blessed'].int_value == 1
   assert blessing_artifact.custom_properties['current_model_id'].int_value == model.id
@@ -108,6 +110,8 @@ def second_runs(tiny_pipeline, corpus_path):
   before = _versions(tiny_pipeline)
   run_local_pipeline(tiny_pipeline.output_dir, [corpus_path])
   after_rerun = _versions(tiny_pipeline)
+  run_local_pipeline(tiny_pipeline.output_dir, [corpus_path])
+  assert _versions(tiny_pipeline) == after_rerun, 'a second unchanged re-run pushed again'
   run_local_pipeline(tiny_pipeline.output_dir, [corpus_path], warm_start=True)
   after_warm = _versions(tiny_pipeline)
   # A learning rate this large wrecks the warm-started weights: the gate must stop it.
@@ -118,8 +122,12 @@ def second_runs(tiny_pipeline, corpus_path):
 
 
 def _trainer_metrics(store):
-  """metrics.json of every Model the Trainer produced, oldest first."""
-  models = sorted(store.get_artifacts_by_type('Model'), key=lambda a: a.id)
+  """metrics.json of every Model the Trainer produced (not cached), oldest first."""
+  executions = _executions_by_node(store)['CharRnnTrainer']
+  events = store.get_events_by_execution_ids([e.id for e in executions])
+  outputs = {e.artifact_id for e in events if e.type == metadata_store_pb2.Event.OUTPUT}
+  models = sorted((a for a in store.get_artifacts_by_id(list(outputs)) if a.type == 'Model'),
+                  key=lambda a: a.id)
   out = []
   for m in models:
     with open(os.path.join(m.uri, 'Format-Serving', 'assets.extra', 'metrics.json')) as f:
@@ -135,10 +143,15 @@ def test_rerun_with_nothing_changed_is_served_from_cache(tiny_pipeline, second_r
     assert states[0] == Execution.COMPLETE and set(states[1:]) == {Execution.CACHED}, node
   trainer_states = [e.last_known_state for e in by_node['CharRnnTrainer']]
   assert trainer_states[:2] == [Execution.COMPLETE, Execution.CACHED]
-  # The gate re-runs once (its baseline is now the first run's blessed model,
-  # the same model) and the Pusher pushes that model again as a new version.
+  # The first re-run sees the first push as its baseline (ServedModel runs
+  # again), so the gate re-runs and the Pusher pushes the same model again; the
+  # fixture checked that the re-run after that pushed nothing.
   before, after_rerun, *_ = second_runs
   assert len(after_rerun) == len(before) + 1
+  served = [e.last_known_state for e in by_node['ServedModel']]
+  assert served[:3] == [Execution.COMPLETE, Execution.COMPLETE, Execution.CACHED]
+  for node in ('EvaluationGate', 'Pusher'):
+    assert [e.last_known_state for e in by_node[node]][2] == Execution.CACHED, node
 
 
 def test_warm_start_continues_from_the_blessed_model_and_is_pushed_when_better(

@@ -30,13 +30,16 @@ def test_dataset_yields_inputs_and_targets_shifted_by_one(tmp_path):
 
 
 def _base_model_dir(tmp_path, tokens, model_config):
+  """A served model's directory as the trainer module leaves it (weights in assets.extra)."""
   model = build_keras_model(len(tokens), **model_config)
-  keras_dir = tmp_path / 'base' / trainer_module.KERAS_DIR
+  serving_dir = tmp_path / 'base' / 'Format-Serving'
+  keras_dir = serving_dir / 'assets.extra' / trainer_module.KERAS_DIR
   keras_dir.mkdir(parents=True)
+  (serving_dir / 'saved_model.pb').write_bytes(b'')
   model.save_weights(str(keras_dir / trainer_module.WEIGHTS_FILE))
   (keras_dir / trainer_module.CONFIG_FILE).write_text(
       json.dumps({'tokens': tokens, 'model_config': model_config}))
-  return model, str(tmp_path / 'base' / 'Format-Serving')
+  return model, str(serving_dir)
 
 
 def test_warm_start_loads_weights_only_when_vocabulary_and_architecture_match(tmp_path):
@@ -51,12 +54,14 @@ def test_warm_start_loads_weights_only_when_vocabulary_and_architecture_match(tm
   other_vocab = CharVocab.from_text('abcdefg')
   note = trainer_module._warm_start(build_keras_model(len(other_vocab), **CFG), base_dir,
                                     other_vocab, CFG)
-  assert note == 'from scratch (the vocabulary changed since the blessed model)'
+  assert note == 'from scratch (the vocabulary changed since the served model)'
   bigger = dict(CFG, rnn_units=16)
   note = trainer_module._warm_start(build_keras_model(len(vocab), **bigger), base_dir, vocab,
                                     bigger)
-  assert note == 'from scratch (the model architecture changed since the blessed model)'
-  assert trainer_module._warm_start(model, None, vocab, CFG).startswith('from scratch (no blessed')
+  assert note == 'from scratch (the model architecture changed since the served model)'
+  assert trainer_module._warm_start(model, None, vocab, CFG).startswith('from scratch (no served')
+  empty = str(tmp_path / 'empty' / 'Format-Serving')   # ServedModel's placeholder
+  assert trainer_module._warm_start(model, empty, vocab, CFG).startswith('from scratch (no served')
 
 
 def test_precision_auto_follows_the_cpu():
