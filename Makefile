@@ -12,6 +12,9 @@ REST_PORT ?= 8501
 PROMPT ?= ROMEO:
 NUM_CHARS ?= 500
 PYTEST_ARGS ?=
+IMAGE ?= char-rnn-tfx:0.1.0
+KFP_HOST ?= http://localhost:8080
+KFP_SPEC ?= $(OUTPUT_DIR)/kubeflow/char-rnn.yaml
 
 export CHAR_RNN_CORPUS := $(CORPUS)
 export CHAR_RNN_PRESET := $(PRESET)
@@ -21,7 +24,7 @@ export TF_CPP_MIN_LOG_LEVEL := 1
 
 SERVING_BASE := $(OUTPUT_DIR)/serving_model/char_rnn
 
-.PHONY: install run pipeline serve generate test lock clean
+.PHONY: install run pipeline serve generate test image kubeflow-compile kubeflow-schedule lock clean
 
 $(VENV)/.installed: requirements.lock setup.py .python-version
 	test -x $(PY) || $(PYTHON_BOOTSTRAP) -m venv $(VENV)
@@ -52,6 +55,18 @@ generate: install
 
 test: install
 	$(PY) -m pytest tests $(PYTEST_ARGS)
+
+## The pipeline image every Kubeflow task runs (needs a Docker engine).
+image:
+	docker build -t $(IMAGE) .
+
+## Compile the same pipeline to a KFP v2 PipelineSpec.
+kubeflow-compile: install
+	$(PY) -m pipeline.kubeflow_runner --image=$(IMAGE) --output=$(KFP_SPEC)
+
+## Upload it as a new pipeline version and (re)create the cron recurring run.
+kubeflow-schedule: kubeflow-compile
+	$(PY) -m pipeline.schedule --host=$(KFP_HOST) --pipeline-spec=$(KFP_SPEC)
 
 ## Re-resolve requirements.in into requirements.lock (needs network to PyPI).
 lock:
