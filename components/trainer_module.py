@@ -219,7 +219,8 @@ def run_fn(fn_args: FnArgs) -> None:
 
   serving_dir = fn_args.serving_model_dir
   model_lib.export_serving_model(model, vocab.tokens, model_config,
-                                 cfg['max_generate_chars'], serving_dir)
+                                 cfg['max_generate_chars'], serving_dir,
+                                 cfg.get('serving_matmul_dtype', 'float32'))
   extra = os.path.join(serving_dir, 'assets.extra')
   tf.io.gfile.makedirs(extra)
   vocab.save(extra)

@@ -16,12 +16,16 @@ VOCAB = CharVocab.from_text(TEXT)
 CONFIGS = {
     'gru': dict(embedding_dim=8, rnn_type='gru', rnn_units=16, num_layers=1, dropout=0.0),
     'lstm-2': dict(embedding_dim=8, rnn_type='lstm', rnn_units=12, num_layers=2, dropout=0.1),
+    'gru-2-bf16': dict(embedding_dim=8, rnn_type='gru', rnn_units=16, num_layers=2, dropout=0.0),
 }
+# Exports multiplying in bfloat16 match Keras (float32) to bf16's ~3 digits.
+MATMUL_DTYPE = {'gru-2-bf16': 'bfloat16'}
+KERAS_ATOL = {'float32': 1e-4, 'bfloat16': 5e-2}
 
 
 def _random_model(cfg, seed=0):
   tf.keras.utils.set_random_seed(seed)
-  model = build_keras_model(len(VOCAB), **cfg)
+  model = build_keras_model(len(VOCAB), **{k: v for k, v in cfg.items() if k != 'matmul_dtype'})
   rng = np.random.default_rng(seed)
   model.set_weights([w + rng.normal(0, 0.3, w.shape).astype(w.dtype)
                      for w in model.get_weights()])
@@ -33,8 +37,10 @@ def exported(request, tmp_path_factory):
   cfg = CONFIGS[request.param]
   model = _random_model(cfg)
   path = str(tmp_path_factory.mktemp(request.param))
-  export_serving_model(model, VOCAB.tokens, cfg, max_generate_chars=300, export_dir=path)
-  return model, cfg, path, tf.saved_model.load(path)
+  dtype = MATMUL_DTYPE.get(request.param, 'float32')
+  export_serving_model(model, VOCAB.tokens, cfg, max_generate_chars=300, export_dir=path,
+                       matmul_dtype=dtype)
+  return model, dict(cfg, matmul_dtype=dtype), path, tf.saved_model.load(path)
 
 
 def _sizes(cfg):
@@ -73,7 +79,8 @@ def test_one_step_logits_equal_the_keras_model(exported):
   keras_logits = model(VOCAB.encode(prompt)[None], training=False).numpy()[0, -1]
   out = loaded.signatures['one_step'](inputs=tf.constant([prompt]), states=tf.zeros([1, s]),
                                       temperature=tf.constant(1.0))
-  np.testing.assert_allclose(out['logits'].numpy()[0], keras_logits, atol=1e-4)
+  np.testing.assert_allclose(out['logits'].numpy()[0], keras_logits,
+                             atol=KERAS_ATOL[cfg['matmul_dtype']])
 
 
 def test_feeding_one_step_its_own_state_equals_one_long_call(exported):
@@ -171,13 +178,13 @@ def test_generate_rejects_too_many_characters_and_negative_temperature(exported)
 
 
 def test_score_equals_keras_log_likelihood(exported):
-  model, _, _, loaded = exported
+  model, cfg, _, loaded = exported
   text = 'Speak, speak.'
   ids = VOCAB.encode(text)
   log_probs = tf.nn.log_softmax(model(ids[None], training=False)).numpy()[0]
   expected = sum(log_probs[t, ids[t + 1]] for t in range(len(ids) - 1))
   got = loaded.signatures['score'](text=tf.constant([text]))['log_likelihood'].numpy()[0]
-  assert got == pytest.approx(expected, rel=1e-4)
+  assert got == pytest.approx(expected, rel=1e-4 if cfg['matmul_dtype'] == 'float32' else 2e-2)
 
 
 def test_saved_model_uses_core_ops_only_and_loads_without_project_code(exported):
