@@ -129,9 +129,14 @@ def main(argv=None) -> None:
                  help='rounds of the per-character modes (stream, tutorial)')
   p.add_argument('--embedding-dim', type=int, default=256)
   p.add_argument('--rnn-units', type=int, default=1024)
-  p.add_argument('--out', default=os.path.join(common.RESULTS_DIR, 'generate.json'))
+  p.add_argument('--matmul-dtype', default='float32', choices=['float32', 'bfloat16'],
+                 help="the export's matmul dtype (preset field serving_matmul_dtype)")
+  p.add_argument('--out', default=None,
+                 help='default: bench/results/generate.json (generate_bf16.json for bfloat16)')
   args = p.parse_args(argv)
   batches = [int(b) for b in args.batches.split(',')]
+  args.out = args.out or os.path.join(
+      common.RESULTS_DIR, 'generate.json' if args.matmul_dtype == 'float32' else 'generate_bf16.json')
   run = common.Run('generate')
 
   with open(common.CORPUS_PATH, encoding='utf-8') as f:
@@ -142,7 +147,8 @@ def main(argv=None) -> None:
   keras_model = build_keras_model(len(vocab), **cfg)   # Keras' random initial weights
   work = tempfile.mkdtemp(prefix='bench_generate_')
   base = os.path.join(work, 'char_rnn')
-  export_serving_model(keras_model, vocab.tokens, cfg, 10_000, os.path.join(base, '1'))
+  export_serving_model(keras_model, vocab.tokens, cfg, 10_000, os.path.join(base, '1'),
+                       matmul_dtype=args.matmul_dtype)
   in_process = tf.saved_model.load(os.path.join(base, '1')).signatures['generate']
   one_step = tutorial_one_step(keras_model, vocab, args.embedding_dim, args.rnn_units)
 
@@ -258,7 +264,7 @@ def main(argv=None) -> None:
           'interleaved rounds' if max(run.load_start[0], load[0]) > 0.5 * cores else
           'machine mostly idle')
   path = run.write({
-      'model': {**cfg, 'vocab_size': len(vocab),
+      'model': {**cfg, 'vocab_size': len(vocab), 'matmul_dtype': args.matmul_dtype,
                 'weights': 'random (Keras initializers, seed 0), untrained: speed does not '
                            'depend on the weights'},
       'chars_per_prompt': args.chars, 'rounds': args.rounds, 'step_rounds': args.step_rounds,
