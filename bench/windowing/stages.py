@@ -48,6 +48,8 @@ def run_vocabulary(workdir: str) -> int:
   vocabulary = _artifact(Vocabulary, vocab_dir(workdir))
   vocabulary_gen.Executor().Do({'corpus': [_artifact(Corpus, corpus_dir(workdir))]},
                                {'vocabulary': [vocabulary]}, {})
+  if vocabulary.has_custom_property('vocab_size'):
+    return vocabulary.get_int_custom_property('vocab_size')
   return vocabulary.vocab_size
 
 
