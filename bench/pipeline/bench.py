@@ -173,10 +173,11 @@ def main(argv=None):
       'versions': common.versions('tfx', 'tensorflow', 'apache_beam'),
       'startup': boot, 'summary': summary_rows, 'components_best_runs': comp_rows,
       'runs': pairs,
-      'note': 'On the cached re-run EvaluationGate and Pusher execute again: the '
-              'latest_blessed_model_resolver now returns the first run\'s blessed model, '
-              'a new input to the gate (its baseline), so the gate and the Pusher after it '
-              'miss the cache (known TFX behaviour with LatestBlessedModelStrategy).',
+      'cached_run_re_executed': best('cached')['re_executed'],
+      'note': 'Nodes in cached_run_re_executed ran again on the re-run instead of coming '
+              'from the cache: the first run pushed a model, so the baseline node '
+              '(ServedModel now; TFX\'s LatestBlessedModel resolver before) yields a new '
+              'model, which is a new input to EvaluationGate, and Pusher follows the gate.',
   }
   path = run.write(results, args.output)
   print()
