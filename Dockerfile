@@ -27,13 +27,16 @@ RUN pip install --no-deps -r requirements.lock
 
 # The project itself, installed (not editable): executors, the trainer's run_fn
 # (components.trainer_module.run_fn) and the artifact classes import from
-# site-packages, whatever the working directory of the task.
+# site-packages, whatever the working directory of the task. `charrnn` is what
+# the entrypoint imports to rebuild Corpus/Vocabulary artifacts (their type
+# names, charrnn.Corpus and charrnn.Vocabulary, are the spec's schema titles).
 COPY setup.py ./
+COPY charrnn ./charrnn
 COPY components ./components
 COPY pipeline ./pipeline
 COPY serving ./serving
 RUN pip install --no-deps --no-build-isolation . \
-    && python -c "import components.trainer_module, components.artifacts, pipeline.pipeline"
+    && python -c "import charrnn, components.trainer_module, pipeline.pipeline"
 
 # KFP runs tasks as a user of its choosing; the image does not need root.
 RUN useradd --create-home --uid 1000 pipeline

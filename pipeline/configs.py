@@ -193,7 +193,8 @@ def get_preset(name: Optional[str] = None,
 #   CHAR_RNN_KFP_CORPUS         comma-separated corpus sources as the cluster sees them
 #   CHAR_RNN_KFP_SERVING_DIR    the Pusher's base on the cluster (TF Serving watches <this>/char_rnn)
 #   CHAR_RNN_KFP_BEAM_ARGS      Beam args for WindowGen on the cluster (e.g. --runner=DataflowRunner ...)
-#   CHAR_RNN_KFP_WARM_START     0 to train every scheduled run from scratch
+#   CHAR_RNN_KFP_WARM_START     0 to train every scheduled run from scratch (default: each
+#                               run continues from the served model's weights when they fit)
 #   CHAR_RNN_KFP_SPEC           the compiled PipelineSpec (YAML)
 #   CHAR_RNN_KFP_HOST           the KFP API endpoint, e.g. http://localhost:8080 after
 #                               `kubectl port-forward -n kubeflow svc/ml-pipeline-ui 8080:80`
@@ -220,7 +221,14 @@ KFP_HOST = os.environ.get('CHAR_RNN_KFP_HOST', 'http://localhost:8080')
 KFP_NAMESPACE = os.environ.get('CHAR_RNN_KFP_NAMESPACE', '')
 KFP_EXPERIMENT = os.environ.get('CHAR_RNN_KFP_EXPERIMENT', PIPELINE_NAME)
 KFP_SCHEDULE_CRON = os.environ.get('CHAR_RNN_KFP_CRON', '0 0 3 * * *')
-# The CorpusIngest parameter that stands for the corpus content on the cluster.
-# Compiling must not read the corpus (it lives where the cluster is), and the
-# task runs uncached there, so this only has to be fixed.
+# The parameters that stand for the corpus content and the served model on the
+# cluster. Compiling must not read either (they live where the cluster is), and
+# both tasks run uncached there, so these only have to be fixed.
 KFP_CORPUS_FINGERPRINT = 'kfp-uncached-ingest'
+KFP_SERVED_MODEL_FINGERPRINT = 'kfp-uncached-served-model'
+# Executors whose tasks must run every time on KFP (cachingOptions emptied at
+# compile time and kept so by pipeline/schedule.py): they look at what the
+# cluster holds now (the corpus; the newest version under the serving dir),
+# which their parameters cannot say.
+KFP_UNCACHED_EXECUTORS = ('components.corpus_ingest.Executor',
+                          'components.served_model.Executor')

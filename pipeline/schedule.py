@@ -7,12 +7,12 @@ pipeline version and point a recurring run at it.
       [--enable-caching | --no-enable-caching] [--pipeline-root=gs://...]
 
 Steps, with the kfp SDK's Client (KFP API v2beta1):
-1. The spec's caching options are settled before uploading: CorpusIngest is
-   uncached always (it must read new text every run); --enable-caching or
-   --no-enable-caching sets every other task, and without either they keep
-   what the compiler wrote (cached). A recurring run that references a
-   pipeline version cannot override caching at submission, so the uploaded
-   version carries it.
+1. The spec's caching options are settled before uploading: CorpusIngest and
+   ServedModel are uncached always (they must read the corpus and the serving
+   directory every run); --enable-caching or --no-enable-caching sets every
+   other task, and without either they keep what the compiler wrote
+   (cached). A recurring run that references a pipeline version cannot
+   override caching at submission, so the uploaded version carries it.
 2. The pipeline (named after the spec's pipelineInfo, or --pipeline-name) is
    created on first upload; later uploads add a version named
    <pipeline>-<UTC time>-<spec hash>.
@@ -40,7 +40,7 @@ import yaml  # pylint: disable=g-import-not-at-top
 
 from pipeline import configs
 
-INGEST_EXECUTOR = 'components.corpus_ingest.Executor'
+UNCACHED_EXECUTORS = configs.KFP_UNCACHED_EXECUTORS
 
 # ----------------------------------------------------------------- cron
 # KFP's scheduled workflows use robfig/cron with a seconds field:
@@ -107,23 +107,33 @@ def load_spec(path: str) -> Dict[str, Any]:
   return spec
 
 
-def _ingest_tasks(spec: Dict[str, Any]) -> List[str]:
-  names = []
+def _executor_class_paths(spec: Dict[str, Any]) -> Dict[str, Optional[str]]:
+  """Task name -> the `--executor_class_path` its container runs (None if it has none)."""
+  paths: Dict[str, Optional[str]] = {}
   for name, task in spec['root']['dag']['tasks'].items():
     label = spec['components'][task['componentRef']['name']]['executorLabel']
     args = spec['deploymentSpec']['executors'][label].get('container', {}).get('args', [])
-    if INGEST_EXECUTOR in args:
-      names.append(name)
-  return names
+    flag = '--executor_class_path'
+    paths[name] = args[args.index(flag) + 1] if flag in args[:-1] else None
+  return paths
+
+
+def _uncached_tasks(spec: Dict[str, Any]) -> List[str]:
+  return sorted(name for name, path in _executor_class_paths(spec).items()
+                if path in UNCACHED_EXECUTORS)
 
 
 def apply_caching(spec: Dict[str, Any], enable_caching: Optional[bool]) -> Dict[str, Any]:
-  """Ingestion uncached always; other tasks as asked (None: as compiled)."""
-  ingest = _ingest_tasks(spec)
-  if not ingest:
-    raise ValueError(f'the spec has no task running {INGEST_EXECUTOR}')
+  """CorpusIngest and ServedModel uncached always; the rest as asked (None: as compiled)."""
+  present = set(_executor_class_paths(spec).values())
+  missing = [e for e in UNCACHED_EXECUTORS if e not in present]
+  if missing:
+    raise ValueError(f'the spec has no task running {", ".join(missing)}: compiled from '
+                     'another pipeline or an older version? (recompile with '
+                     'python -m pipeline.kubeflow_runner)')
+  uncached = _uncached_tasks(spec)
   for name, task in spec['root']['dag']['tasks'].items():
-    if name in ingest:
+    if name in uncached:
       task['cachingOptions'] = {}
     elif enable_caching is not None:
       task['cachingOptions'] = {'enableCache': True} if enable_caching else {}
@@ -228,7 +238,7 @@ def schedule(host: str, spec_path: str, cron: str, experiment: str,
   return {'pipeline_id': pipeline_id, 'pipeline_version_id': version_id,
           'pipeline_version': version, 'experiment_id': experiment_id,
           'recurring_run_id': recurring.recurring_run_id, 'replaced': replaced,
-          'cron': cron, 'uncached_tasks': _ingest_tasks(spec)}
+          'cron': cron, 'uncached_tasks': _uncached_tasks(spec)}
 
 
 def _parse_args(argv: List[str]) -> argparse.Namespace:
@@ -256,7 +266,8 @@ def _parse_args(argv: List[str]) -> argparse.Namespace:
   parser.add_argument('--pipeline-root', default=None,
                       help='runtime pipeline root (default: the spec\'s defaultPipelineRoot)')
   parser.add_argument('--enable-caching', action=argparse.BooleanOptionalAction, default=None,
-                      help='cache every task but CorpusIngest (default: as compiled)')
+                      help='cache every task but CorpusIngest and ServedModel '
+                           '(default: as compiled)')
   parser.add_argument('--service-account', default=None)
   return parser.parse_args(argv)
 

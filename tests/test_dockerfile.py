@@ -112,7 +112,7 @@ def test_the_context_leaves_out_the_virtualenv_outputs_and_git():
 def test_every_package_setup_py_installs_is_copied_into_the_image():
   top_level = importlib.metadata.distribution('char-rnn-tfx').read_text('top_level.txt')
   packages = set(top_level.split())
-  assert {'components', 'pipeline'} <= packages
+  assert {'charrnn', 'components', 'pipeline'} <= packages
   copied = {os.path.normpath(s) for s in copy_sources()}
   assert packages <= copied, packages - copied
   assert {'setup.py', 'requirements.lock'} <= copied
@@ -176,7 +176,7 @@ def test_the_dockerfile_install_steps_succeed_in_a_fresh_virtualenv(tmp_path):
 
   outside = tmp_path / 'elsewhere'
   outside.mkdir()
-  probe = ('import components.trainer_module as m, pipeline.pipeline, serving; '
+  probe = ('import charrnn, components.trainer_module as m, pipeline.pipeline, serving; '
            'print(m.__file__)')
   result = subprocess.run([str(venv / 'bin' / 'python'), '-c', probe], cwd=outside, env=env,
                           capture_output=True, text=True, timeout=300, check=True)

@@ -1,15 +1,18 @@
 """Compiled KFP tasks executed as a KFP pod runs them, compared with the local engine.
 
-The spec from pipeline/kubeflow_runner.py is run task by task through TFX's
-Kubeflow v2 container entrypoint (`python -m tfx.orchestration.kubeflow.v2.
-container.kubeflow_v2_run_executor` with the spec's own args and an
-ExecutorInput JSON; see tests/kfp_local_launcher.py), on the real corpus with a
-local pipeline root. The artifacts must equal what LocalDagRunner produced for
-the same corpus and preset (the session's `tiny_pipeline`).
+The spec from pipeline/kubeflow_runner.py (warm start on, as scheduled
+retraining compiles it) is run task by task through TFX's Kubeflow v2
+container entrypoint (`python -m tfx.orchestration.kubeflow.v2.container.
+kubeflow_v2_run_executor` with the spec's own args and an ExecutorInput JSON;
+see tests/kfp_local_launcher.py), on the real corpus with a local pipeline root
+and serving directory. The artifacts must equal what LocalDagRunner produced
+for the same corpus and preset (the session's `tiny_pipeline`).
 
-Always: CorpusIngest -> VocabularyGen -> WindowGen (about a minute: each task is
-a fresh Python with TensorFlow). With CHAR_RNN_SLOW_TESTS=1 also CharRnnTrainer
--> EvaluationGate -> Pusher, which push a servable model.
+Always: CorpusIngest -> VocabularyGen -> WindowGen, and ServedModel with nothing
+served yet (about a minute: each task is a fresh Python with TensorFlow). With
+CHAR_RNN_SLOW_TESTS=1 also two scheduled runs' worth of CharRnnTrainer ->
+EvaluationGate -> Pusher: the first pushes a servable model, the second
+snapshots it with ServedModel, warm-starts from it and is gated against it.
 """
 
 import glob
@@ -23,7 +26,7 @@ from pipeline import kubeflow_runner
 from tests import kfp_local_launcher as launcher
 
 SLOW = os.environ.get('CHAR_RNN_SLOW_TESTS', '') not in ('', '0')
-DATA_TASKS = ['CorpusIngest', 'VocabularyGen', 'WindowGen']
+DATA_TASKS = ['CorpusIngest', 'VocabularyGen', 'WindowGen', 'ServedModel']
 
 
 @pytest.fixture(scope='module')
@@ -32,7 +35,7 @@ def kfp_run(tmp_path_factory, corpus_path):
   pipeline = kubeflow_runner.build(
       preset_name='tiny', overrides='', corpus_sources=[corpus_path],
       pipeline_root=str(root / 'pipeline_root'), serving_model_dir=str(root / 'serving_model'),
-      beam_pipeline_args=configs.BEAM_PIPELINE_ARGS, warm_start=False)
+      beam_pipeline_args=configs.BEAM_PIPELINE_ARGS, warm_start=True)
   spec = kubeflow_runner.compile_pipeline(pipeline, str(root / 'char-rnn.yaml'), image='unused')
   env = dict(os.environ, PYTHONWARNINGS='ignore', TF_CPP_MIN_LOG_LEVEL='2')
   run_root = os.path.join(spec['defaultPipelineRoot'], 'run-1')
@@ -73,11 +76,17 @@ def test_corpus_ingest_through_the_kfp_entrypoint_equals_the_local_corpus(kfp_ru
   kfp_corpus = kfp_run['produced']['CorpusIngest']['corpus']
   local = _local_artifact(tiny_pipeline, 'charrnn.Corpus')
   metadata = kfp_corpus['metadata']
-  # KFP metadata is JSON: integers arrive as numbers, compared by value.
-  assert metadata['num_chars'] == local.properties['num_chars'].int_value > 0
-  assert metadata['num_shards'] == local.properties['num_shards'].int_value
-  assert metadata['fingerprint'] == local.properties['fingerprint'].string_value
-  assert metadata['sources'] == local.properties['sources'].string_value
+  # The entrypoint writes custom properties (ours and TFX's tfx_version; the
+  # local engine adds is_external) as KFP metadata under their own names; JSON
+  # has no integers, so they arrive as floats, compared by value.
+  assert {'num_chars', 'num_shards', 'fingerprint', 'sources'} <= \
+      set(metadata) & set(local.custom_properties)
+  assert isinstance(metadata['num_chars'], float)
+  assert metadata['num_chars'] == local.custom_properties['num_chars'].int_value > 0
+  assert metadata['num_shards'] == local.custom_properties['num_shards'].int_value
+  assert metadata['fingerprint'] == local.custom_properties['fingerprint'].string_value
+  assert metadata['sources'] == local.custom_properties['sources'].string_value
+  assert not local.properties
   kfp_files, local_files = _files(kfp_corpus['uri']), _files(local.uri)
   assert set(kfp_files) == set(local_files) and 'index.json' in kfp_files
   assert kfp_files == local_files
@@ -87,8 +96,12 @@ def test_vocabulary_and_windows_through_the_kfp_entrypoint_equal_the_local_ones(
     kfp_run, tiny_pipeline):
   kfp_vocab = kfp_run['produced']['VocabularyGen']['vocabulary']
   local_vocab = _local_artifact(tiny_pipeline, 'charrnn.Vocabulary')
-  assert kfp_vocab['metadata']['vocab_size'] == local_vocab.properties['vocab_size'].int_value
-  assert kfp_vocab['metadata']['fingerprint'] == local_vocab.properties['fingerprint'].string_value
+  assert {'vocab_size', 'fingerprint'} <= \
+      set(kfp_vocab['metadata']) & set(local_vocab.custom_properties)
+  assert kfp_vocab['metadata']['vocab_size'] == \
+      local_vocab.custom_properties['vocab_size'].int_value
+  assert kfp_vocab['metadata']['fingerprint'] == \
+      local_vocab.custom_properties['fingerprint'].string_value
   assert _files(kfp_vocab['uri']) == _files(local_vocab.uri)
 
   kfp_examples = kfp_run['produced']['WindowGen']['examples']
@@ -109,19 +122,87 @@ def test_the_kfp_entrypoint_records_the_corpus_under_the_task_output_uri(kfp_run
   assert index['fingerprint'] == corpus['metadata']['fingerprint']
 
 
-@pytest.mark.skipif(not SLOW, reason='set CHAR_RNN_SLOW_TESTS=1: trains, gates and pushes '
-                                     'through the KFP entrypoint (minutes on 2 cores)')
-def test_trainer_gate_and_pusher_through_the_kfp_entrypoint_push_a_servable_model(kfp_run):
-  spec, produced = kfp_run['spec'], dict(kfp_run['produced'])
-  for name in ['CharRnnTrainer', 'EvaluationGate', 'Pusher']:
-    produced[name] = launcher.run_task(spec, name, kfp_run['run_root'], produced,
+def test_served_model_with_nothing_served_yields_an_empty_baseline(kfp_run, tiny_pipeline):
+  from components import served_model
+  from tfx.types import standard_artifacts
+  served = kfp_run['produced']['ServedModel']['model']
+  assert served['uri'] == os.path.join(kfp_run['run_root'], 'ServedModel', 'model')
+  assert served['metadata']['served_version'] == 0.0 and 'served_from' not in served['metadata']
+  assert _files(served['uri']) == {}
+  model = standard_artifacts.Model()
+  model.uri = served['uri']
+  assert served_model.is_empty(model)
+  # What the local engine's first run recorded for the same situation.
+  from ml_metadata.metadata_store import metadata_store
+  from ml_metadata.proto import metadata_store_pb2
+  config = metadata_store_pb2.ConnectionConfig()
+  config.sqlite.filename_uri = tiny_pipeline.metadata_path
+  config.sqlite.connection_mode = metadata_store_pb2.SqliteMetadataSourceConfig.READONLY
+  store = metadata_store.MetadataStore(config)
+  first_served = min((a for a in store.get_artifacts_by_type('Model')
+                      if 'served_version' in a.custom_properties), key=lambda a: a.id)
+  assert first_served.custom_properties['served_version'].int_value == \
+      served['metadata']['served_version']
+
+
+def _read_json(path):
+  with open(path) as f:
+    return json.load(f)
+
+
+def _scheduled_run(kfp_run, run_root, upstream):
+  """ServedModel -> Trainer -> EvaluationGate -> Pusher of one run, on `upstream`'s data."""
+  spec, produced = kfp_run['spec'], dict(upstream)
+  for name in ['ServedModel', 'CharRnnTrainer', 'EvaluationGate', 'Pusher']:
+    produced[name] = launcher.run_task(spec, name, run_root, produced,
                                        env=kfp_run['env'], cwd=str(kfp_run['root']))
-  model_uri = produced['CharRnnTrainer']['model']['uri']
+  return produced
+
+
+@pytest.mark.skipif(not SLOW, reason='set CHAR_RNN_SLOW_TESTS=1: trains, gates and pushes '
+                                     'twice through the KFP entrypoint (minutes on 2 cores)')
+def test_two_scheduled_runs_push_then_warm_start_and_gate_against_the_served_model(kfp_run):
+  serving = os.path.join(str(kfp_run['root']), 'serving_model', 'char_rnn')
+  data = {name: kfp_run['produced'][name] for name in DATA_TASKS if name != 'ServedModel'}
+
+  # Run 1: nothing served, so the Trainer starts from scratch and the gate
+  # judges on its absolute threshold only.
+  first = _scheduled_run(kfp_run, kfp_run['run_root'], data)
+  assert first['ServedModel']['model']['metadata']['served_version'] == 0.0
+  model_uri = first['CharRnnTrainer']['model']['uri']
   assert os.path.exists(os.path.join(model_uri, 'Format-Serving', 'saved_model.pb'))
-  blessing = produced['EvaluationGate']['blessing']['metadata']
-  pushed = produced['Pusher']['pushed_model']['metadata']
-  assert pushed['pushed'] == blessing['blessed']
-  if blessing['blessed']:
-    destination = pushed['pushed_destination']
-    assert destination.startswith(os.path.join(str(kfp_run['root']), 'serving_model', 'char_rnn'))
-    assert os.path.exists(os.path.join(destination, 'saved_model.pb'))
+  metrics = _read_json(os.path.join(model_uri, 'Format-Serving', 'assets.extra', 'metrics.json'))
+  assert metrics['start'].startswith('from scratch'), metrics['start']
+  blessing = first['EvaluationGate']['blessing']
+  evaluation = _read_json(os.path.join(blessing['uri'], 'evaluation.json'))
+  assert 'baseline_eval_loss' not in evaluation and 'baseline_model' not in blessing['metadata']
+  assert blessing['metadata']['blessed'] == 1.0, evaluation['reasons']   # tiny preset: 4.2 nats
+  pushed = first['Pusher']['pushed_model']['metadata']
+  assert pushed['pushed'] == 1.0
+  destination = pushed['pushed_destination']
+  assert os.path.dirname(destination) == serving
+  assert os.path.exists(os.path.join(destination, 'saved_model.pb'))
+
+  # Run 2 (the corpus tasks as if cached): ServedModel snapshots run 1's push,
+  # the Trainer continues from its weights, the gate compares against it.
+  second = _scheduled_run(kfp_run, os.path.join(os.path.dirname(kfp_run['run_root']), 'run-2'),
+                          data)
+  served = second['ServedModel']['model']
+  assert served['metadata']['served_version'] == float(os.path.basename(destination))
+  assert os.path.normpath(served['metadata']['served_from']) == os.path.normpath(destination)
+  assert os.path.exists(os.path.join(served['uri'], 'Format-Serving', 'saved_model.pb'))
+  model_uri = second['CharRnnTrainer']['model']['uri']
+  metrics = _read_json(os.path.join(model_uri, 'Format-Serving', 'assets.extra', 'metrics.json'))
+  assert metrics['start'].startswith('warm-started from ' + served['uri']), metrics['start']
+  blessing = second['EvaluationGate']['blessing']
+  evaluation = _read_json(os.path.join(blessing['uri'], 'evaluation.json'))
+  assert blessing['metadata']['baseline_model'] == served['uri']
+  assert evaluation['baseline_model'] == served['uri']
+  regressed = evaluation['eval_loss'] > (evaluation['baseline_eval_loss'] +
+                                         evaluation['regression_tolerance'])
+  assert bool(blessing['metadata']['blessed']) == (
+      not regressed and evaluation['eval_loss'] <= evaluation['max_eval_loss'])
+  pushed = second['Pusher']['pushed_model']['metadata']
+  assert pushed['pushed'] == blessing['metadata']['blessed']
+  versions = sorted(int(v) for v in os.listdir(serving) if v.isdigit())
+  assert len(versions) == (2 if pushed['pushed'] else 1)

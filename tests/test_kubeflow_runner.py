@@ -1,8 +1,9 @@
 """pipeline/kubeflow_runner.py: the compiled KFP v2 PipelineSpec.
 
 One spec is compiled through the CLI (`python -m pipeline.kubeflow_runner`, what
-`make kubeflow-compile` runs) and read back with the kfp SDK's own loader; one
-raw TFX compile (resolver still in) checks the post-processing against it.
+`make kubeflow-compile` runs; warm start on) and read back with the kfp SDK's
+own loader; one raw TFX compile (warm start off, before post-processing) checks
+what TFX itself produces and what the post-processing changes.
 """
 
 import os
@@ -25,23 +26,28 @@ SERVING_DIR = 'gs://test-bucket/serving_model'
 CORPUS = 'gs://no-such-bucket-char-rnn/corpus/*.txt'
 BEAM_ARGS = ['--runner=DataflowRunner', '--project=test-project', '--region=europe-west4']
 
-# The tutorial's pipeline, as the spec must wire it (producer tasks of each task).
+# The tutorial's pipeline, as the spec must wire it (producer tasks of each
+# task), warm start on: the served model is the Trainer's base and the gate's
+# baseline.
 EXPECTED_UPSTREAM = {
     'CorpusIngest': set(),
+    'ServedModel': set(),
     'VocabularyGen': {'CorpusIngest'},
     'WindowGen': {'CorpusIngest', 'VocabularyGen'},
-    'CharRnnTrainer': {'WindowGen', 'VocabularyGen'},
-    'EvaluationGate': {'CharRnnTrainer', 'WindowGen', 'VocabularyGen'},
+    'CharRnnTrainer': {'WindowGen', 'VocabularyGen', 'ServedModel'},
+    'EvaluationGate': {'CharRnnTrainer', 'WindowGen', 'VocabularyGen', 'ServedModel'},
     'Pusher': {'CharRnnTrainer', 'EvaluationGate'},
 }
 EXPECTED_EXECUTORS = {
     'CorpusIngest': 'components.corpus_ingest.Executor',
+    'ServedModel': 'components.served_model.Executor',
     'VocabularyGen': 'components.vocabulary_gen.Executor',
     'WindowGen': 'components.window_gen.Executor',
     'CharRnnTrainer': 'components.trainer.Executor',
     'EvaluationGate': 'components.evaluation_gate.Executor',
     'Pusher': 'tfx.components.pusher.executor.Executor',
 }
+UNCACHED = {'CorpusIngest', 'ServedModel'}
 
 
 @pytest.fixture(scope='module')
@@ -67,10 +73,10 @@ def spec(spec_path):
 
 @pytest.fixture(scope='module')
 def raw_spec():
-  """TFX's compile before post-processing, warm start on, so the resolver feeds two tasks."""
+  """TFX's compile before post-processing, warm start off."""
   pipeline = kubeflow_runner.build(
       preset_name='tiny', corpus_sources=[CORPUS], pipeline_root=PIPELINE_ROOT,
-      serving_model_dir=SERVING_DIR, beam_pipeline_args=BEAM_ARGS, warm_start=True)
+      serving_model_dir=SERVING_DIR, beam_pipeline_args=BEAM_ARGS, warm_start=False)
   return kubeflow_runner.compile_raw(pipeline, image=IMAGE)
 
 
@@ -105,19 +111,39 @@ def test_every_task_runs_an_executor_that_imports_from_the_installed_package(spe
       assert os.path.dirname(os.path.abspath(sys.modules[executor.__module__].__file__)) == package_dir
 
 
-def test_custom_artifact_schemas_name_importable_classes_with_their_properties(spec):
+def test_custom_artifact_schemas_are_tfx_own_and_their_titles_import_the_classes(spec):
+  """No compiler patch: the titles are the TYPE_NAMEs, importable through `charrnn`."""
   from tfx.utils import import_utils
+  import charrnn
   from components import artifacts
   schemas = {}
   for component in spec['components'].values():
     for direction in ('inputDefinitions', 'outputDefinitions'):
       for definition in component.get(direction, {}).get('artifacts', {}).values():
         schema = yaml.safe_load(definition['artifactType']['instanceSchema'])
-        schemas[schema['title']] = schema
+        schemas.setdefault(schema['title'], []).append(schema)
   for cls in (artifacts.Corpus, artifacts.Vocabulary):
-    schema = schemas[f'{cls.__module__}.{cls.__name__}']
-    assert import_utils.import_class_by_path(schema['title']) is cls
-    assert set(schema['properties']) == set(cls.PROPERTIES)
+    assert cls.TYPE_NAME.startswith('charrnn.') and not cls.PROPERTIES
+    assert schemas[cls.TYPE_NAME]
+    for schema in schemas[cls.TYPE_NAME]:
+      assert schema == {'title': cls.TYPE_NAME, 'type': 'object'}
+    assert import_utils.import_class_by_path(cls.TYPE_NAME) is cls
+    assert getattr(charrnn, cls.__name__) is cls
+  assert not [title for title in schemas if title.startswith('components.')]
+
+
+def test_the_entrypoint_resolves_the_schema_titles_to_our_classes(spec):
+  """The container entrypoint's own lookup: title -> class path -> artifact class."""
+  from kfp.pipeline_spec import pipeline_spec_pb2
+  from tfx.orchestration.kubeflow.v2.container import kubeflow_v2_entrypoint_utils as utils
+  from tfx.utils import import_utils
+  from components import artifacts
+  definitions = spec['components']['WindowGen']['inputDefinitions']['artifacts']
+  for key, cls in (('corpus', artifacts.Corpus), ('vocabulary', artifacts.Vocabulary)):
+    type_schema = pipeline_spec_pb2.ArtifactTypeSchema(
+        instance_schema=definitions[key]['artifactType']['instanceSchema'])
+    path = utils._retrieve_class_path(type_schema)  # pylint: disable=protected-access
+    assert import_utils.import_class_by_path(path) is cls
 
 
 def test_containers_run_the_tfx_kfp_v2_entrypoint_in_the_image_with_the_beam_args(spec):
@@ -130,19 +156,27 @@ def test_containers_run_the_tfx_kfp_v2_entrypoint_in_the_image_with_the_beam_arg
     assert '{{$}}' in container['args']
 
 
-def test_corpus_ingest_runs_uncached_while_every_other_task_may_cache(spec):
+def test_corpus_ingest_and_served_model_run_uncached_while_every_other_task_may_cache(spec):
   tasks = spec['root']['dag']['tasks']
-  assert not tasks['CorpusIngest'].get('cachingOptions', {}).get('enableCache', False)
   for name, task in tasks.items():
-    if name != 'CorpusIngest':
+    if name in UNCACHED:
+      assert task['cachingOptions'] == {}, name            # enableCache: false
+    else:
       assert task['cachingOptions'] == {'enableCache': True}, name
+  assert sorted(kubeflow_runner.uncached_task_names(spec)) == sorted(UNCACHED)
 
 
-def test_compiling_fixes_the_corpus_fingerprint_instead_of_reading_the_corpus(spec):
-  parameters = spec['root']['dag']['tasks']['CorpusIngest']['inputs']['parameters']
+def test_compiling_fixes_the_fingerprints_instead_of_reading_corpus_or_serving_dir(spec):
+  tasks = spec['root']['dag']['tasks']
+  parameters = tasks['CorpusIngest']['inputs']['parameters']
   assert parameters['source_fingerprint']['runtimeValue']['constant'] == \
       configs.KFP_CORPUS_FINGERPRINT
   assert yaml.safe_load(parameters['sources']['runtimeValue']['constant']) == [CORPUS]
+  served = tasks['ServedModel']['inputs']['parameters']
+  assert served['served_fingerprint']['runtimeValue']['constant'] == \
+      configs.KFP_SERVED_MODEL_FINGERPRINT
+  # The Pusher's base, as the cluster sees it: ServedModel reads what the Pusher writes.
+  assert served['serving_model_dir']['runtimeValue']['constant'] == f'{SERVING_DIR}/char_rnn'
 
 
 def test_preset_overrides_and_push_destination_reach_the_task_parameters(spec):
@@ -160,38 +194,60 @@ def test_preset_overrides_and_push_destination_reach_the_task_parameters(spec):
   assert destination['filesystem']['base_directory'] == f'{SERVING_DIR}/char_rnn'
 
 
-def test_tfx_compiles_the_blessed_model_resolver_into_executors_oss_kfp_rejects(raw_spec):
-  """Pins why post-processing strips them: `resolver` executors (Vertex AI only)."""
-  resolvers = [label for label, executor in raw_spec['deploymentSpec']['executors'].items()
-               if 'resolver' in executor]
-  assert len(resolvers) == 2
-  trainer_inputs = raw_spec['root']['dag']['tasks']['CharRnnTrainer']['inputs']['artifacts']
-  assert 'base_model' in trainer_inputs      # warm start wired to the resolver
+def test_tfx_compiles_served_model_cached_and_without_resolvers(raw_spec):
+  """Pins what post-processing has to change: TFX would cache ServedModel and CorpusIngest."""
+  executors = raw_spec['deploymentSpec']['executors'].values()
+  assert not any('resolver' in e or 'importer' in e for e in executors)
+  tasks = raw_spec['root']['dag']['tasks']
+  assert {tasks[name]['cachingOptions'].get('enableCache') for name in UNCACHED} == {True}
+  assert 'defaultPipelineRoot' not in raw_spec
 
 
-def test_stripping_the_resolver_drops_its_tasks_and_the_inputs_they_fed(raw_spec):
+def test_without_warm_start_the_served_model_feeds_only_the_gate(raw_spec):
   spec = kubeflow_runner.postprocess(raw_spec, PIPELINE_ROOT)
   tasks = spec['root']['dag']['tasks']
   assert set(tasks) == set(EXPECTED_UPSTREAM)
-  assert not any('resolver' in e for e in spec['deploymentSpec']['executors'].values())
   assert 'base_model' not in tasks['CharRnnTrainer']['inputs']['artifacts']
-  assert 'baseline_model' not in tasks['EvaluationGate']['inputs']['artifacts']
-  assert 'baseline_model' not in spec['components']['EvaluationGate']['inputDefinitions'][
-      'artifacts']
-  for task in tasks.values():
-    assert set(task.get('dependentTasks', [])) <= set(tasks)
-  assert 'latest_blessed_model_resolver' not in str(spec)
+  assert 'ServedModel' not in tasks['CharRnnTrainer']['dependentTasks']
+  baseline = tasks['EvaluationGate']['inputs']['artifacts']['baseline_model']
+  assert baseline['taskOutputArtifact'] == {'producerTask': 'ServedModel',
+                                            'outputArtifactKey': 'model'}
+  assert tasks['ServedModel']['cachingOptions'] == {}
 
 
-def test_keep_resolver_leaves_tfx_resolver_tasks_for_vertex(raw_spec):
-  spec = kubeflow_runner.postprocess(raw_spec, PIPELINE_ROOT, keep_resolver=True)
-  assert set(spec['root']['dag']['tasks']) > set(EXPECTED_UPSTREAM)
-  assert 'base_model' in spec['root']['dag']['tasks']['CharRnnTrainer']['inputs']['artifacts']
-  assert spec['root']['dag']['tasks']['CorpusIngest']['cachingOptions'] == {}
+def test_warm_start_feeds_the_served_model_to_the_trainer(spec):
+  base = spec['root']['dag']['tasks']['CharRnnTrainer']['inputs']['artifacts']['base_model']
+  assert base['taskOutputArtifact'] == {'producerTask': 'ServedModel',
+                                        'outputArtifactKey': 'model'}
 
 
-def test_postprocess_refuses_a_spec_without_an_ingest_task(raw_spec):
+def test_postprocess_leaves_the_raw_spec_alone_but_caching_and_the_root(raw_spec):
+  import copy
+  before = copy.deepcopy(raw_spec)
   spec = kubeflow_runner.postprocess(raw_spec, PIPELINE_ROOT)
-  del spec['root']['dag']['tasks']['CorpusIngest']
-  with pytest.raises(ValueError, match='corpus_ingest'):
+  assert raw_spec == before
+  for name in UNCACHED:
+    before['root']['dag']['tasks'][name]['cachingOptions'] = {}
+  before['defaultPipelineRoot'] = PIPELINE_ROOT
+  assert spec == before
+
+
+@pytest.mark.parametrize('task', sorted(UNCACHED))
+def test_postprocess_refuses_a_spec_without_a_task_that_must_run_uncached(raw_spec, task):
+  spec = kubeflow_runner.postprocess(raw_spec, PIPELINE_ROOT)
+  del spec['root']['dag']['tasks'][task]
+  with pytest.raises(ValueError, match=EXPECTED_EXECUTORS[task].rsplit('.', 2)[1]):
+    kubeflow_runner.postprocess(spec, PIPELINE_ROOT)
+
+
+def test_postprocess_refuses_resolver_executors_oss_kfp_cannot_run(raw_spec):
+  import copy
+  spec = copy.deepcopy(raw_spec)
+  # What TFX compiles a Resolver node into (Vertex AI Pipelines only).
+  spec['deploymentSpec']['executors']['resolver_executor'] = {
+      'resolver': {'outputArtifactQueries': {}}}
+  spec['components']['resolver'] = {'executorLabel': 'resolver_executor'}
+  spec['root']['dag']['tasks']['resolver'] = {'componentRef': {'name': 'resolver'},
+                                              'taskInfo': {'name': 'resolver'}}
+  with pytest.raises(ValueError, match='resolver'):
     kubeflow_runner.postprocess(spec, PIPELINE_ROOT)

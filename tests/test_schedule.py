@@ -60,9 +60,11 @@ def test_first_schedule_uploads_the_pipeline_and_creates_a_cron_run_on_its_versi
   assert upload.query['name'] == 'char-rnn'
   uploaded = _uploaded_spec(upload)
   assert set(uploaded['root']['dag']['tasks']) == {
-      'CorpusIngest', 'VocabularyGen', 'WindowGen', 'CharRnnTrainer', 'EvaluationGate', 'Pusher'}
+      'CorpusIngest', 'VocabularyGen', 'WindowGen', 'ServedModel', 'CharRnnTrainer',
+      'EvaluationGate', 'Pusher'}
   caching = _caching(uploaded)
-  assert caching.pop('CorpusIngest') is False and all(caching.values())
+  assert caching.pop('CorpusIngest') is False and caching.pop('ServedModel') is False
+  assert caching and all(caching.values())
 
   [experiment] = api.calls('POST', '/experiments')
   assert experiment.body['display_name'] == 'char-rnn'
@@ -78,7 +80,7 @@ def test_first_schedule_uploads_the_pipeline_and_creates_a_cron_run_on_its_versi
   assert api.versions[result['pipeline_version_id']]['pipeline_id'] == result['pipeline_id']
   assert body['runtime_config'] == {'pipeline_root': 'gs://bucket/runtime-root', 'parameters': {}}
   assert 'pipeline_spec' not in body     # the run references the uploaded version
-  assert result['uncached_tasks'] == ['CorpusIngest']
+  assert result['uncached_tasks'] == ['CorpusIngest', 'ServedModel']
 
 
 def experiment_id_of(api):
@@ -107,13 +109,27 @@ def test_rescheduling_uploads_a_new_version_and_replaces_the_recurring_run(api, 
 
 
 @pytest.mark.parametrize('enable_caching', [True, False])
-def test_caching_flag_sets_every_task_but_ingestion_which_never_caches(
+def test_caching_flag_sets_every_task_but_ingestion_and_the_served_model_which_never_cache(
     api, spec_path, enable_caching):
   schedule.schedule(host=api.url, spec_path=spec_path, cron=CRON, experiment='e',
                     enable_caching=enable_caching)
   caching = _caching(_uploaded_spec(api.calls('POST', '/pipelines/upload')[0]))
-  assert caching.pop('CorpusIngest') is False
+  assert caching.pop('CorpusIngest') is False and caching.pop('ServedModel') is False
   assert set(caching.values()) == {enable_caching}
+
+
+def test_a_spec_compiled_without_served_model_is_refused_before_any_request(
+    api, spec_path, tmp_path):
+  # e.g. one compiled before ServedModel replaced the Resolver: it would run
+  # without a baseline, or be rejected by KFP.
+  with open(spec_path) as f:
+    spec = yaml.safe_load(f)
+  del spec['root']['dag']['tasks']['ServedModel']
+  stale = tmp_path / 'stale.yaml'
+  stale.write_text(yaml.safe_dump(spec))
+  with pytest.raises(ValueError, match='components.served_model.Executor'):
+    schedule.schedule(host=api.url, spec_path=str(stale), cron=CRON, experiment='e')
+  assert api.requests == []
 
 
 def test_declared_parameters_pass_through_typed_and_unknown_ones_fail_before_any_request(
