@@ -53,3 +53,12 @@ def build_keras_model(vocab_size: int, embedding_dim: int, rnn_units: int) -> ke
   x = keras.layers.RNN(ProjectedGRUCell(rnn_units), return_sequences=True, name='rnn_0')(x)
   logits = keras.layers.Dense(vocab_size, name='logits', dtype='float32')(x)
   return keras.Model(ids, logits, name='char_rnn_hoisted')
+
+
+def copy_weights(gru_model: keras.Model, hoisted_model: keras.Model) -> None:
+  """`components.model.build_keras_model`'s weights -> this model (the same function)."""
+  hoisted_model.get_layer('embedding').set_weights(gru_model.get_layer('embedding').get_weights())
+  kernel, recurrent_kernel, bias = gru_model.get_layer('rnn_0').get_weights()
+  hoisted_model.get_layer('rnn_0_input_projection').set_weights([kernel, bias[0]])
+  hoisted_model.get_layer('rnn_0').set_weights([recurrent_kernel, bias[1]])
+  hoisted_model.get_layer('logits').set_weights(gru_model.get_layer('logits').get_weights())
