@@ -3,7 +3,8 @@
 Spec: TFX's TrainerSpec plus
   inputs  vocabulary: charrnn.Vocabulary   (its URI reaches run_fn as
           fn_args.custom_config['vocabulary_uri'], so ML Metadata records the
-          lineage and no path is hard-coded)
+          lineage and no path is hard-coded; WindowGen's window counts arrive
+          as num_windows_train / num_windows_eval)
 
 The training code is `components/trainer_module.py`, referenced by import path
 (`run_fn=...`) so that the installed package runs on a laptop and in the
@@ -41,8 +42,13 @@ class Executor(trainer_executor.GenericExecutor):
                  output_dict: Dict[str, List[types.Artifact]],
                  exec_properties: Dict[str, Any]):
     fn_args = super()._GetFnArgs(input_dict, output_dict, exec_properties)
+    examples = artifact_utils.get_single_instance(input_dict['examples'])
+    # WindowGen's window counts spare run_fn a counting pass over the records.
+    counts = {f'num_windows_{split}': examples.get_int_custom_property(f'num_windows_{split}')
+              for split in ('train', 'eval')
+              if examples.has_custom_property(f'num_windows_{split}')}
     fn_args.custom_config = dict(
-        fn_args.custom_config or {},
+        fn_args.custom_config or {}, **counts,
         vocabulary_uri=artifact_utils.get_single_uri(input_dict['vocabulary']))
     return fn_args
 

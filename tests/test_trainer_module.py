@@ -70,3 +70,22 @@ def test_precision_auto_follows_the_cpu():
   expected = 'mixed_bfloat16' if native_bf16 else 'float32'
   assert trainer_module.resolve_precision('auto') == expected
   assert trainer_module.resolve_precision('float32') == 'float32'
+
+
+def test_keras_evaluate_on_the_dataset_equals_the_mean_batch_loss(tmp_path):
+  """Pins the workaround for Keras 3.12 on TF 2.16 dividing by one batch too many."""
+  serialize = window_gen.serialize_fn(11, 20)
+  rng = np.random.default_rng(0)
+  (tmp_path / 'Split-eval').mkdir()
+  with tf.io.TFRecordWriter(str(tmp_path / 'Split-eval' / 'a.gz'), 'GZIP') as w:
+    for _ in range(40):
+      w.write(serialize(rng.integers(1, 20, 11)))
+  model = build_keras_model(20, **CFG)
+  loss = tf.keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+  model.compile(loss=loss)
+  for num_windows in (None, 40):   # counted, or given by WindowGen's property
+    ds = trainer_module.make_dataset([str(tmp_path / 'Split-eval' / '*')], 10, 8,
+                                     num_windows=num_windows)
+    per_batch = [float(loss(y, model(x))) for x, y in ds]
+    assert len(per_batch) == 5
+    assert model.evaluate(ds, verbose=0) == pytest.approx(np.mean(per_batch), rel=1e-5)
