@@ -101,29 +101,9 @@ def tutorial_dataset(text: str, vocab: List[str], seq_length: int, batch_size: i
 
 
 def tutorial_model(vocab_size: int, embedding_dim: int, rnn_units: int):
-  """The tutorial's `MyModel`. Keras 3 changes: `super().__init__()` without `self`
-  (Keras 3 would read it as the functional `inputs`), and `get_initial_state`
-  takes the batch size rather than a tensor."""
+  """The tutorial's `MyModel` (bench/tutorial.py), compiled as the tutorial does."""
   import tensorflow as tf
-
-  class MyModel(tf.keras.Model):
-
-    def __init__(self, vocab_size, embedding_dim, rnn_units):
-      super().__init__()
-      self.embedding = tf.keras.layers.Embedding(vocab_size, embedding_dim)
-      self.gru = tf.keras.layers.GRU(rnn_units, return_sequences=True, return_state=True)
-      self.dense = tf.keras.layers.Dense(vocab_size)
-
-    def call(self, inputs, states=None, return_state=False, training=False):
-      x = inputs
-      x = self.embedding(x, training=training)
-      if states is None:
-        states = self.gru.get_initial_state(tf.shape(x)[0])
-      x, states = self.gru(x, initial_state=states, training=training)
-      x = self.dense(x, training=training)
-      if return_state:
-        return x, states
-      return x
+  from bench.tutorial import MyModel
 
   model = MyModel(vocab_size, embedding_dim, rnn_units)
   loss = tf.losses.SparseCategoricalCrossentropy(from_logits=True)

@@ -1,7 +1,7 @@
 """One stage in its own process (so its peak memory is its own): prints a JSON line.
 
   python -m bench.windowing.worker ingest|vocab|window WORKDIR [--source F]
-      [--beam_args '...'] [--write_task components|fast]
+      [--beam_args '...'] [--write_task components]
 """
 
 import argparse
@@ -22,17 +22,13 @@ def main():
   p.add_argument('--seq_length', type=int, default=100)
   p.add_argument('--stride', type=int, default=100)
   p.add_argument('--beam_args', default='--direct_running_mode=in_memory --direct_num_workers=1')
-  p.add_argument('--write_task', default='components', choices=['components', 'fast'])
+  p.add_argument('--write_task', default='components', choices=['components'])
   p.add_argument('--examples_subdir', default='examples')
   args = p.parse_args()
 
   t_import = time.perf_counter()
   import resource
   from bench.windowing import stages
-  from components import window_gen
-  if args.write_task == 'fast':
-    from bench.windowing import fast
-    window_gen._write_task = fast.write_task   # pylint: disable=protected-access
   stages_examples = stages.examples_dir
   stages.examples_dir = lambda w: os.path.join(w, args.examples_subdir)
   import_s = time.perf_counter() - t_import
