@@ -109,8 +109,7 @@ class Executor(base_executor.BaseExecutor):
     blessing.set_string_custom_property('current_model', model.uri)
     blessing.set_int_custom_property('current_model_id', model.id)
     if baseline is not None:
-      base_loss = (loss if baseline.id == model.id else
-                   eval_loss(path_utils.serving_model_path(baseline.uri), texts))
+      base_loss = eval_loss(path_utils.serving_model_path(baseline.uri), texts)
       result['baseline_eval_loss'] = base_loss
       result['baseline_model'] = baseline.uri
       blessing.set_string_custom_property('baseline_model', baseline.uri)

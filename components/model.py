@@ -25,6 +25,11 @@ from components.text import UNK_TOKEN
 
 
 # --------------------------------------------------------------------- train
+# The hyperparameters that define the architecture: build_keras_model's
+# arguments, and what a warm start must find unchanged.
+MODEL_CONFIG_KEYS = ('embedding_dim', 'rnn_type', 'rnn_units', 'num_layers', 'dropout')
+
+
 def build_keras_model(vocab_size: int, embedding_dim: int, rnn_type: str,
                       rnn_units: int, num_layers: int, dropout: float) -> keras.Model:
   """Embedding -> `num_layers` x GRU/LSTM -> Dense logits, over [batch, time] ids."""

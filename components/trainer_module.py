@@ -176,8 +176,7 @@ def run_fn(fn_args: FnArgs) -> None:
   cfg = fn_args.custom_config
   vocab = CharVocab.load(cfg['vocabulary_uri'])
   seq_length, batch_size = cfg['seq_length'], cfg['batch_size']
-  model_config = {k: cfg[k] for k in
-                  ('embedding_dim', 'rnn_type', 'rnn_units', 'num_layers', 'dropout')}
+  model_config = {k: cfg[k] for k in model_lib.MODEL_CONFIG_KEYS}
 
   steps_per_epoch = cfg.get('steps_per_epoch')
   train_ds = make_dataset(fn_args.train_files, seq_length, batch_size,

@@ -111,10 +111,6 @@ class Preset:
   def window_stride(self) -> int:
     return self.stride or self.seq_length
 
-  def model_config(self) -> Dict[str, Any]:
-    keys = ('embedding_dim', 'rnn_type', 'rnn_units', 'num_layers', 'dropout')
-    return {k: getattr(self, k) for k in keys}
-
   def training_config(self) -> Dict[str, Any]:
     """What the Trainer's run_fn receives as custom_config."""
     return dataclasses.asdict(self)
