@@ -34,8 +34,16 @@ METRICS_FILE = 'metrics.json'
 
 def make_dataset(file_patterns: List[str], seq_length: int, batch_size: int,
                  shuffle_buffer: int = 0, repeat: bool = False,
-                 cache: bool = True, num_windows: Optional[int] = None) -> tf.data.Dataset:
+                 cache: bool = True, num_windows: Optional[int] = None,
+                 random_offsets: bool = False, seed: Optional[int] = None) -> tf.data.Dataset:
   """(inputs, targets) batches of [batch, seq_length] ids from WindowGen's TFRecords.
+
+  `random_offsets` (training only; needs WindowGen's stride == seq_length, so
+  consecutive windows share one id and tile the text): each example is re-cut
+  from two neighbouring windows at a random offset, so a window may start at any
+  character, as in nanoGPT's sampling, and no epoch repeats the last one's
+  windows. The model sees the same text per epoch but never the same 100-character
+  cuts, which narrows the train/eval gap (bench/quality).
 
   A finite dataset carries its number of batches (from `num_windows`, or counted
   when not given): with an unknown cardinality, Keras 3.12 on TF 2.16 divides
@@ -46,30 +54,57 @@ def make_dataset(file_patterns: List[str], seq_length: int, batch_size: int,
       f for p in file_patterns for f in tf.io.gfile.glob(p)]
   if not files:
     raise ValueError(f'no TFRecord files match {file_patterns}')
-  ds = tf.data.TFRecordDataset(sorted(files), compression_type='GZIP',
-                               num_parallel_reads=tf.data.AUTOTUNE)
+  if num_windows is None and not repeat:
+    num_windows = int(tf.data.TFRecordDataset(files, compression_type='GZIP')
+                      .reduce(0, lambda n, _: n + 1))
+  if random_offsets:
+    # WindowGen names files by shard, so sorted files read one after another
+    # give the windows in text order; pair each with its successor.
+    ordered = tf.data.TFRecordDataset(sorted(files), compression_type='GZIP')
+    ds = tf.data.Dataset.zip((ordered, ordered.skip(1)))
+    num_windows = None if num_windows is None else num_windows - 1
+  else:
+    ds = tf.data.TFRecordDataset(sorted(files), compression_type='GZIP',
+                                 num_parallel_reads=tf.data.AUTOTUNE)
   # The records are small (about 120 bytes a window): caching them in memory
   # removes decompression from every epoch after the first. Only for full
   # passes: a cache that is never read to the end is thrown away.
   if cache:
     ds = ds.cache()
   if shuffle_buffer:
-    ds = ds.shuffle(shuffle_buffer, reshuffle_each_iteration=True)
+    ds = ds.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
   if repeat:
     ds = ds.repeat()
   spec = {FEATURE_KEY: tf.io.FixedLenFeature([seq_length + 1], tf.int64)}
 
+  def parse(serialized):
+    return tf.cast(tf.io.parse_example(serialized, spec)[FEATURE_KEY], tf.int32)
+
   def split(serialized):
-    ids = tf.cast(tf.io.parse_example(serialized, spec)[FEATURE_KEY], tf.int32)
+    ids = parse(serialized)
     return ids[:, :-1], ids[:, 1:]
 
+  def recut(pair, random):
+    first, second = parse(pair[0]), parse(pair[1])
+    check = tf.debugging.assert_equal(
+        first[:, -1], second[:, 0], message=(
+            'random_offsets needs windows that tile the text (WindowGen stride == '
+            'seq_length, files in text order); these do not'))
+    with tf.control_dependencies([check]):
+      text = tf.concat([first[:, :-1], second], axis=1)        # [batch, 2 * seq_length + 1]
+    offsets = tf.cast(random % seq_length, tf.int32)[:, None]
+    ids = tf.gather(text, offsets + tf.range(seq_length + 1), batch_dims=1)
+    return ids[:, :-1], ids[:, 1:]
+
+  if random_offsets:
+    # Dataset.random draws new numbers every epoch, reproducibly under a seed.
+    ds = tf.data.Dataset.zip((ds, tf.data.Dataset.random(
+        seed=seed, rerandomize_each_iteration=True)))
   ds = ds.batch(batch_size, drop_remainder=True)
   if not repeat:
-    if num_windows is None:
-      num_windows = int(tf.data.TFRecordDataset(files, compression_type='GZIP')
-                        .reduce(0, lambda n, _: n + 1))
     ds = ds.apply(tf.data.experimental.assert_cardinality(num_windows // batch_size))
-  return ds.map(split, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
+  return ds.map(recut if random_offsets else split,
+                num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
 
 
 class _Schedule(keras.callbacks.Callback):
@@ -178,12 +213,16 @@ def run_fn(fn_args: FnArgs) -> None:
   seq_length, batch_size = cfg['seq_length'], cfg['batch_size']
   model_config = {k: cfg[k] for k in model_lib.MODEL_CONFIG_KEYS}
 
+  seed = cfg.get('seed')
+  if seed is not None:
+    keras.utils.set_random_seed(seed)   # Python, NumPy and TF: weights, dropout
   steps_per_epoch = cfg.get('steps_per_epoch')
   train_ds = make_dataset(fn_args.train_files, seq_length, batch_size,
                           shuffle_buffer=cfg['shuffle_buffer'],
                           repeat=steps_per_epoch is not None,
                           cache=steps_per_epoch is None,
-                          num_windows=cfg.get('num_windows_train'))
+                          num_windows=cfg.get('num_windows_train'),
+                          random_offsets=cfg.get('random_offsets', False), seed=seed)
   eval_ds = make_dataset(fn_args.eval_files, seq_length, batch_size,
                          cache=cfg.get('eval_steps') is None,
                          num_windows=cfg.get('num_windows_eval'))

@@ -94,6 +94,12 @@ class Preset:
   steps_per_epoch: Optional[int] = None  # None: one full pass over the train split
   eval_steps: Optional[int] = None       # None: the whole eval split
   shuffle_buffer: int = 10_000
+  # Re-cut every training window at a random offset (needs stride == seq_length):
+  # the same text each epoch, never the same cuts (make_dataset explains).
+  random_offsets: bool = False
+  # Initial weights, data order and offsets; None draws a fresh seed every run.
+  # A time budget still makes the number of steps depend on the machine's speed.
+  seed: Optional[int] = 0
   early_stopping_patience: int = 0       # 0: off
   max_train_seconds: Optional[float] = None  # stop after the epoch that passes it
   sample_prompt: str = 'ROMEO:'
@@ -154,7 +160,7 @@ def _parse_overrides(text: str) -> Dict[str, Any]:
       out[key] = None
     elif isinstance(default, bool):
       out[key] = value.lower() in ('1', 'true', 'yes')
-    elif isinstance(default, int) or key in ('stride', 'steps_per_epoch', 'eval_steps'):
+    elif isinstance(default, int) or key in ('stride', 'steps_per_epoch', 'eval_steps', 'seed'):
       out[key] = int(value)
     elif isinstance(default, float) or key == 'max_train_seconds':
       out[key] = float(value)
@@ -177,6 +183,9 @@ def get_preset(name: Optional[str] = None,
                          ('serving_matmul_dtype', ('float32', 'bfloat16'))):
     if getattr(preset, field) not in allowed:
       raise ValueError(f'{field} must be one of {allowed}, not {getattr(preset, field)!r}')
+  if preset.random_offsets and preset.window_stride != preset.seq_length:
+    raise ValueError(f'random_offsets re-cuts windows that tile the text: it needs stride '
+                     f'== seq_length ({preset.seq_length}), not {preset.window_stride}')
   return preset
 
 

@@ -28,6 +28,15 @@ def test_overrides_are_typed_and_unknown_fields_are_rejected():
     configs.get_preset('tiny', 'rnn_type=transformer')
   with pytest.raises(ValueError, match="Unknown preset 'huge'"):
     configs.get_preset('huge', '')
+  assert configs.get_preset('tiny', 'seed=None').seed is None
+
+
+def test_random_offsets_need_windows_that_tile_the_text():
+  p = configs.get_preset('tiny', 'random_offsets=1, seed=7')
+  assert (p.random_offsets, p.seed) == (True, 7)
+  with pytest.raises(ValueError, match='random_offsets re-cuts windows that tile the text: '
+                     'it needs stride == seq_length \\(100\\), not 101'):
+    configs.get_preset('tutorial', 'random_offsets=true')
 
 
 def test_environment_variables_choose_corpus_preset_and_output_dir(tmp_path):

@@ -29,6 +29,49 @@ def test_dataset_yields_inputs_and_targets_shifted_by_one(tmp_path):
   np.testing.assert_array_equal(x.numpy()[:, 1:], y.numpy()[:, :-1])
 
 
+def _tiling_windows(path, text, seq_length, stride):
+  """Windows of `text` as WindowGen writes them: seq_length + 1 ids every `stride`."""
+  serialize = window_gen.serialize_fn(seq_length + 1, 1000)
+  path.mkdir(parents=True)
+  with tf.io.TFRecordWriter(str(path / 'data_tfrecord-00000-of-00001.gz'), 'GZIP') as w:
+    for start in range(0, len(text) - seq_length, stride):
+      w.write(serialize(text[start:start + seq_length + 1]))
+  return [str(path / '*')]
+
+
+def test_random_offsets_cut_windows_anywhere_in_the_text_and_differ_every_epoch(tmp_path):
+  text = np.arange(1, 402)                       # 40 windows of 10 + 1 ids, stride 10
+  files = _tiling_windows(tmp_path / 'Split-train', text, 10, 10)
+  ds = trainer_module.make_dataset(files, 10, 4, shuffle_buffer=100, random_offsets=True,
+                                   seed=3, num_windows=40)
+  assert ds.cardinality() == 39 // 4             # pairs of neighbours: one fewer window
+  epochs = [[(x.numpy(), y.numpy()) for x, y in ds] for _ in range(2)]
+  starts = []
+  for epoch in epochs:
+    assert len(epoch) == 9
+    for x, y in epoch:
+      for row_x, row_y in zip(x, y):
+        # Every row is a contiguous cut of the text and its target is shifted by one.
+        np.testing.assert_array_equal(row_x, np.arange(row_x[0], row_x[0] + 10))
+        np.testing.assert_array_equal(row_y, row_x + 1)
+        starts.append(int(row_x[0]) - 1)
+  assert len({s % 10 for s in starts}) > 5       # not only multiples of the stride
+  assert max(starts) <= len(text) - 11
+  first, second = ([int(x[0, 0]) for x, _ in epoch] for epoch in epochs)
+  assert first != second                         # a new cut and order every epoch
+  again = trainer_module.make_dataset(files, 10, 4, shuffle_buffer=100, random_offsets=True,
+                                      seed=3, num_windows=40)
+  assert [int(x[0, 0]) for x, _ in again] == first   # reproducible under a seed
+
+
+def test_random_offsets_refuse_windows_that_do_not_tile_the_text(tmp_path):
+  files = _tiling_windows(tmp_path / 'Split-train', np.arange(1, 402), 10, 7)
+  ds = trainer_module.make_dataset(files, 10, 4, random_offsets=True)
+  with pytest.raises(tf.errors.InvalidArgumentError, match='random_offsets needs windows '
+                     'that tile the text'):
+    list(ds)
+
+
 def _base_model_dir(tmp_path, tokens, model_config):
   """A served model's directory as the trainer module leaves it (weights in assets.extra)."""
   model = build_keras_model(len(tokens), **model_config)
