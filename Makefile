@@ -6,6 +6,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 CORPUS ?= $(abspath ../shared/data/tinyshakespeare.txt)
 PRESET ?= cpu
+OVERRIDES ?= $(CHAR_RNN_OVERRIDES)
 OUTPUT_DIR ?= $(CURDIR)/outputs
 GRPC_PORT ?= 8500
 REST_PORT ?= 8501
@@ -18,6 +19,7 @@ KFP_SPEC ?= $(OUTPUT_DIR)/kubeflow/char-rnn.yaml
 
 export CHAR_RNN_CORPUS := $(CORPUS)
 export CHAR_RNN_PRESET := $(PRESET)
+export CHAR_RNN_OVERRIDES := $(OVERRIDES)
 export CHAR_RNN_OUTPUT_DIR := $(OUTPUT_DIR)
 export PYTHONWARNINGS := ignore
 export TF_CPP_MIN_LOG_LEVEL := 1

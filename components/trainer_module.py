@@ -121,6 +121,11 @@ class _Schedule(keras.callbacks.Callback):
     self._lr, self._schedule, self._min_ratio = lr, schedule, min_ratio
     self._total_steps, self._seconds = total_steps, seconds
     self._start, self._step = None, 0
+    self.stopped_after_steps: Optional[int] = None   # set when the budget stopped training
+
+  @property
+  def steps(self) -> int:
+    return self._step
 
   def on_train_begin(self, logs=None):
     self._start = time.monotonic()
@@ -128,9 +133,10 @@ class _Schedule(keras.callbacks.Callback):
   def on_train_batch_end(self, batch, logs=None):
     self._step += 1
     elapsed = time.monotonic() - self._start
-    if self._seconds and elapsed > self._seconds:
-      logging.info('Time budget of %.0f s reached after %d steps; stopping.',
-                   self._seconds, self._step)
+    if self._seconds and elapsed > self._seconds and self.stopped_after_steps is None:
+      logging.warning('Time budget of %.0f s reached after %d steps; stopping.',
+                      self._seconds, self._step)
+      self.stopped_after_steps = self._step
       self.model.stop_training = True
     if self._schedule == 'cosine':
       progress = max(self._step / self._total_steps if self._total_steps else 0.0,
@@ -239,19 +245,21 @@ def run_fn(fn_args: FnArgs) -> None:
     keras.mixed_precision.set_global_policy(previous_policy)
   start_note = _warm_start(model, fn_args.base_model, vocab, model_config)
   logging.info('Training %s', start_note)
-  model.compile(optimizer=keras.optimizers.Adam(cfg['learning_rate']),
+  model.compile(optimizer=keras.optimizers.Adam(cfg['learning_rate'],
+                                                clipnorm=cfg.get('clipnorm') or None),
                 loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
   model.summary(print_fn=logging.info)
 
+  schedule = _Schedule(cfg['learning_rate'], cfg.get('lr_schedule', 'constant'),
+                       cfg.get('min_lr_ratio', 0.1),
+                       steps_per_epoch * cfg['epochs'] if steps_per_epoch else None,
+                       cfg.get('max_train_seconds'))
   callbacks = [
       keras.callbacks.TensorBoard(log_dir=fn_args.model_run_dir, update_freq='epoch'),
       keras.callbacks.ModelCheckpoint(
           os.path.join(fn_args.model_run_dir, 'checkpoints', 'ckpt_{epoch:02d}.weights.h5'),
           save_weights_only=True),
-      _Schedule(cfg['learning_rate'], cfg.get('lr_schedule', 'constant'),
-                cfg.get('min_lr_ratio', 0.1),
-                steps_per_epoch * cfg['epochs'] if steps_per_epoch else None,
-                cfg.get('max_train_seconds')),
+      schedule,
       _SampleText(vocab, model_config, cfg['sample_prompt'], cfg['sample_chars'],
                   fn_args.model_run_dir),
   ]
@@ -280,6 +288,8 @@ def run_fn(fn_args: FnArgs) -> None:
       'perplexity': math.exp(eval_loss),
       'epochs_run': len(history.epoch),
       'train_seconds': train_seconds,
+      'train_steps': schedule.steps,
+      'stopped_by_time_budget': schedule.stopped_after_steps is not None,
       'history': {k: [float(v) for v in vs] for k, vs in history.history.items()},
       'start': start_note,
       'precision': precision,

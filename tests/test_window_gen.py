@@ -100,3 +100,20 @@ def test_window_starts_arithmetic():
   assert list(window_gen.window_starts(5, 100, 11, 10, 20, 60)) == [25, 35, 45, 55]
   assert list(window_gen.window_starts(0, 10, 11, 10, 0, 10)) == []
   assert window_gen.count_windows(90, 100, 11, 10) == 0
+
+
+def test_train_windows_tile_the_text_across_shards_so_the_trainer_can_recut_them(tmp_path):
+  from components import trainer_module  # pylint: disable=g-import-not-at-top
+  text = _text(5000)
+  examples, vocab = _run(tmp_path, text, seq_length=10, stride=10, shard_chars=333)
+  train_text = text[:window_gen.split_boundary(len(text), 0.1)]
+  ds = trainer_module.make_dataset(
+      [os.path.join(examples.uri, 'Split-train', '*')], 10, 16, shuffle_buffer=1000,
+      random_offsets=True, seed=0,
+      num_windows=examples.get_int_custom_property('num_windows_train'))
+  rows = 0
+  for x, y in ds:   # the contiguity check inside would fail on any gap between files
+    for row_x, row_y in zip(x.numpy(), y.numpy()):
+      assert vocab.decode(list(row_x) + [row_y[-1]]) in train_text
+      rows += 1
+  assert rows == (examples.get_int_custom_property('num_windows_train') - 1) // 16 * 16
