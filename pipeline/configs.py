@@ -104,7 +104,7 @@ class Preset:
   # A time budget still makes the number of steps depend on the machine's speed.
   seed: Optional[int] = 0
   early_stopping_patience: int = 0       # 0: off
-  max_train_seconds: Optional[float] = None  # stop after the epoch that passes it
+  max_train_seconds: Optional[float] = None  # stop after the step that passes it
   sample_prompt: str = 'ROMEO:'
   sample_chars: int = 200                # logged after every epoch
   # Export.
