@@ -23,6 +23,8 @@ import tensorflow as tf
 
 from bench import common
 from components import model as model_lib
+from components import window_gen
+from components.text import CharVocab
 from components.trainer_module import _Schedule
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -57,12 +59,15 @@ def main() -> None:
 
   with open(a.corpus, encoding='utf-8') as f:
     text = f.read()
-  lut = {c: i + 1 for i, c in enumerate(sorted(set(text)))}   # 0 is [UNK]
-  vocab_size = len(lut) + 1
-  ids = np.array([lut[c] for c in text], np.int32)
-  boundary = int(len(ids) * 0.9)
-  train, held_out = ids[:boundary], ids[boundary:]
-  eval_windows = np.stack([held_out[s:s + 101] for s in range(0, len(held_out) - 100, 100)])
+  # The pipeline's own vocabulary, split and eval windows (the gate's metric is
+  # over windows of 100 + 1 ids, whatever --seq trains on).
+  vocab = CharVocab.from_text(text)
+  vocab_size = len(vocab)
+  ids = vocab.encode(text).astype(np.int32)
+  boundary = window_gen.split_boundary(len(ids), 0.1)
+  train = ids[:boundary]
+  eval_windows = np.stack([ids[s:s + 101] for s in window_gen.window_starts(
+      boundary, len(ids), 101, 100, boundary, len(ids))])
 
   keras.mixed_precision.set_global_policy(a.precision)
   model = model_lib.build_keras_model(vocab_size, a.emb, a.rnn, a.units, a.layers, a.dropout)
