@@ -4,7 +4,7 @@
 PYTHON_BOOTSTRAP ?= python3.10
 VENV   := .venv
 PY     := $(VENV)/bin/python
-CORPUS ?= $(abspath ../shared/data/tinyshakespeare.txt)
+CORPUS ?= $(CURDIR)/data/tinyshakespeare.txt
 PRESET ?= cpu
 OVERRIDES ?= $(CHAR_RNN_OVERRIDES)
 OUTPUT_DIR ?= $(CURDIR)/outputs

@@ -21,7 +21,7 @@ from typing import Any, Dict, List, Optional, Sequence
 BENCH_DIR = os.path.dirname(os.path.abspath(__file__))
 REPO_DIR = os.path.dirname(BENCH_DIR)
 RESULTS_DIR = os.path.join(BENCH_DIR, 'results')
-CORPUS_PATH = os.path.join(os.path.dirname(REPO_DIR), 'shared', 'data', 'tinyshakespeare.txt')
+CORPUS_PATH = os.path.join(REPO_DIR, 'data', 'tinyshakespeare.txt')
 NO_GPU_NOTE = 'no GPU available this session'
 
 

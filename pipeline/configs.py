@@ -29,13 +29,15 @@ PROJECT_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 OUTPUT_DIR = os.path.abspath(
     os.environ.get('CHAR_RNN_OUTPUT_DIR', os.path.join(PROJECT_DIR, 'outputs')))
 
-# The tutorial's corpus. The Makefile and tests point CHAR_RNN_CORPUS at the
-# local copy instead (../shared/data/tinyshakespeare.txt).
+# The tutorial's corpus, shipped in the repository (data/README.md says where it
+# comes from) so that a clone with nothing beside it runs offline. The URL is
+# where the tutorial downloads it: the default on a cluster, which sees no clone.
+EMBEDDED_CORPUS = os.path.join(PROJECT_DIR, 'data', 'tinyshakespeare.txt')
 TUTORIAL_CORPUS_URL = ('https://storage.googleapis.com/download.tensorflow.org/'
                        'data/shakespeare.txt')
 CORPUS_SOURCES: List[str] = [
     s.strip()
-    for s in os.environ.get('CHAR_RNN_CORPUS', TUTORIAL_CORPUS_URL).split(',')
+    for s in os.environ.get('CHAR_RNN_CORPUS', EMBEDDED_CORPUS).split(',')
     if s.strip()
 ]
 

@@ -15,7 +15,7 @@ warnings.filterwarnings('ignore', category=DeprecationWarning)
 warnings.filterwarnings('ignore', category=FutureWarning)
 
 REPO_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-CORPUS_PATH = os.path.join(os.path.dirname(REPO_DIR), 'shared', 'data', 'tinyshakespeare.txt')
+CORPUS_PATH = os.path.join(REPO_DIR, 'data', 'tinyshakespeare.txt')   # the embedded default
 
 
 @dataclasses.dataclass
@@ -33,7 +33,7 @@ class PipelineRun:
 @pytest.fixture(scope='session')
 def corpus_path() -> str:
   if not os.path.exists(CORPUS_PATH):
-    pytest.fail(f'the corpus is expected at {CORPUS_PATH} (../shared/data beside the repo)')
+    pytest.fail(f'the embedded corpus is missing: {CORPUS_PATH}')
   return CORPUS_PATH
 
 

@@ -22,7 +22,7 @@ from serving.models import single_model_config
 from serving.server import ModelServer
 
 REPO_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-CORPUS_PATH = os.path.join(os.path.dirname(REPO_DIR), 'shared', 'data', 'tinyshakespeare.txt')
+CORPUS_PATH = os.path.join(REPO_DIR, 'data', 'tinyshakespeare.txt')
 MODEL_CONFIG = dict(embedding_dim=8, rnn_type='gru', rnn_units=16, num_layers=1, dropout=0.0)
 STATE_SIZE = 16
 MAX_GENERATE_CHARS = 10_000

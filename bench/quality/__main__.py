@@ -22,7 +22,7 @@ import time
 from bench import common
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-CORPUS = os.path.join(os.path.dirname(REPO), 'shared', 'data', 'tinyshakespeare.txt')
+CORPUS = os.path.join(REPO, 'data', 'tinyshakespeare.txt')
 
 
 def run_variant(preset: str, overrides: str, corpus: str, output_dir: str):

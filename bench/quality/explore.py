@@ -28,7 +28,7 @@ from components.text import CharVocab
 from components.trainer_module import _Schedule
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-CORPUS = os.path.join(os.path.dirname(REPO), 'shared', 'data', 'tinyshakespeare.txt')
+CORPUS = os.path.join(REPO, 'data', 'tinyshakespeare.txt')
 RESULTS = os.path.join(common.RESULTS_DIR, 'quality_explore.json')
 
 
