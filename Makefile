@@ -52,7 +52,7 @@ serve: install
 
 ## Ask a running server (make serve) for text.
 generate: install
-	$(PY) -m serving.client generate --target=localhost:$(GRPC_PORT) \
+	$(PY) -m serving.cli generate --target=localhost:$(GRPC_PORT) \
 	  --prompt="$(PROMPT)" --num-chars=$(NUM_CHARS)
 
 test: install

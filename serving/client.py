@@ -1,7 +1,10 @@
-"""Client for char_rnn on TensorFlow Serving (or serving.server): library and CLI.
+"""Client library for char_rnn on TensorFlow Serving (or serving.server).
 
 Speaks only TF Serving's gRPC API (tensorflow_serving.apis stubs), so it works
 unchanged against the real `tensorflow_model_server` and against our server.
+The command line that wraps it lives beside it in serving/cli.py
+(`python -m serving.cli generate|stream|score|metadata|status`); this module is
+only the library, so importing it parses no arguments and prints nothing.
 
 Library::
 
@@ -16,22 +19,21 @@ Library::
   RNN state carried by the client, as in the tutorial, pinned to the version that
   answered the first step (another version's state would be meaningless).
 * The state size and the signatures come from GetModelMetadata, never from code.
-* Failures raise `ServingError` subclasses carrying the gRPC code; only
-  UNAVAILABLE (server starting, restarting, connection refused) is retried, with
-  exponential back-off. Every call has a deadline.
+* Failures raise `ServingError` subclasses carrying the gRPC code. Two codes are
+  retried, with jittered exponential back-off, at most `retries` times: UNAVAILABLE
+  (server starting, restarting, connection refused) and RESOURCE_EXHAUSTED when it
+  means "server at capacity" (its admission queue is full: the request was refused
+  before it ran, so sending it again is safe; `generate` picks its seed before the
+  first try, so a retried call returns what the first would have). A
+  RESOURCE_EXHAUSTED about message size ("larger than max") is the request's own
+  fault and is raised at once. Every call has a deadline. `retry_counts` counts
+  the retries made, per code name.
 
-CLI (common flags go after the subcommand)::
-
-    python -m serving.client generate --prompt "ROMEO:" --num-chars 500
-    python -m serving.client stream --prompt "ROMEO:" --num-chars 200 --temperature 0.8
-    python -m serving.client score --text "To be, or not to be"
-    python -m serving.client metadata | status
-      [--target localhost:8500] [--model char_rnn] [--version N | --label L]
-      [--timeout 60] [--retries 4] [--root-cert ca.pem [--client-cert c.pem --client-key k.pem]
-      [--server-name host]] [--max-message-mb 64]
+`python -m serving.client ...` still runs the CLI, as a deprecated alias of
+`python -m serving.cli ...` (same flags, same output), so old command lines work.
 """
 
-import argparse
+import collections
 import dataclasses
 import math
 import os
@@ -87,13 +89,33 @@ class UnavailableError(ServingError):
   """No server reachable at the target (after the retries)."""
 
 
+class ResourceExhaustedError(ServingError):
+  """The server is at capacity (after the retries), or a message is over a size limit."""
+
+
 _ERROR_CLASSES = {
     grpc.StatusCode.NOT_FOUND: NotFoundError,
     grpc.StatusCode.INVALID_ARGUMENT: InvalidArgumentError,
     grpc.StatusCode.FAILED_PRECONDITION: FailedPreconditionError,
     grpc.StatusCode.DEADLINE_EXCEEDED: DeadlineExceededError,
     grpc.StatusCode.UNAVAILABLE: UnavailableError,
+    grpc.StatusCode.RESOURCE_EXHAUSTED: ResourceExhaustedError,
 }
+
+# gRPC's own RESOURCE_EXHAUSTED for a message over a size limit ("Received message
+# larger than max (N vs. M)", "Sent message larger than max ..."): sending the same
+# bytes again cannot succeed.
+_MESSAGE_SIZE_MARKERS = ('larger than max', 'message larger', 'message too large')
+
+
+def _retryable(e: grpc.RpcError) -> bool:
+  code = e.code() if hasattr(e, 'code') else None
+  if code == grpc.StatusCode.UNAVAILABLE:
+    return True
+  if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
+    details = ((e.details() if hasattr(e, 'details') else '') or '').lower()
+    return not any(marker in details for marker in _MESSAGE_SIZE_MARKERS)
+  return False
 
 
 def _error_from_rpc(e: grpc.RpcError, target: str) -> ServingError:
@@ -207,6 +229,7 @@ class Client:
     self._predict = prediction_service_pb2_grpc.PredictionServiceStub(channel)
     self._models = model_service_pb2_grpc.ModelServiceStub(channel)
     self._info: Dict[Optional[int], ModelInfo] = {}
+    self.retry_counts: collections.Counter = collections.Counter()   # code name -> retries
 
   # -------------------------------------------------------------- plumbing
   def close(self) -> None:
@@ -227,14 +250,15 @@ class Client:
     return spec
 
   def _call(self, method, request, timeout: Optional[float] = None):
-    """One RPC with a deadline; retried with back-off on UNAVAILABLE only."""
+    """One RPC with a deadline; UNAVAILABLE and capacity RESOURCE_EXHAUSTED retried with back-off."""
     attempt = 0
     while True:
       try:
         return method(request, timeout=timeout or self.timeout)
       except grpc.RpcError as e:
-        if e.code() != grpc.StatusCode.UNAVAILABLE or attempt >= self.retries:
+        if not _retryable(e) or attempt >= self.retries:
           raise _error_from_rpc(e, self.target) from None
+        self.retry_counts[e.code().name] += 1
       delay = min(self.max_backoff, self.backoff * 2 ** attempt)
       time.sleep(delay * random.uniform(0.5, 1.0))
       attempt += 1
@@ -326,129 +350,8 @@ class Client:
         texts, result.outputs['log_likelihood'], result.outputs['num_scored'])]
 
 
-# ------------------------------------------------------------------ CLI
-_HINTS = {
-    grpc.StatusCode.UNAVAILABLE: 'is a server running at {target}? (make serve)',
-    grpc.StatusCode.NOT_FOUND: 'check --model/--version/--label and `status`; '
-                               'has a version been pushed and loaded?',
-    grpc.StatusCode.DEADLINE_EXCEEDED: 'raise --timeout, or ask for fewer characters',
-    grpc.StatusCode.FAILED_PRECONDITION: 'see `metadata` for the signatures this model has',
-}
-
-
-def _read(path: Optional[str]) -> Optional[bytes]:
-  if not path:
-    return None
-  with open(path, 'rb') as f:
-    return f.read()
-
-
-def build_arg_parser() -> argparse.ArgumentParser:
-  common = argparse.ArgumentParser(add_help=False)
-  common.add_argument('--target', default=DEFAULT_TARGET, help='host:port of the gRPC API')
-  common.add_argument('--model', default=DEFAULT_MODEL, help='model name')
-  pin = common.add_mutually_exclusive_group()
-  pin.add_argument('--version', type=int, help='pin a model version')
-  pin.add_argument('--label', help='pin a version label (from the server config)')
-  common.add_argument('--timeout', type=float, default=60.0, help='deadline per call, seconds')
-  common.add_argument('--retries', type=int, default=4, help='retries on UNAVAILABLE')
-  common.add_argument('--tls', action='store_true', help='TLS with the system roots')
-  common.add_argument('--root-cert', help='PEM file of the CA that signed the server cert')
-  common.add_argument('--client-cert', help='PEM client certificate (mutual TLS)')
-  common.add_argument('--client-key', help='PEM client private key (mutual TLS)')
-  common.add_argument('--server-name', help='TLS name to verify instead of the target host')
-  common.add_argument('--max-message-mb', type=int, default=64)
-
-  p = argparse.ArgumentParser(prog='python -m serving.client',
-                              description='Talk to char_rnn on TensorFlow Serving over gRPC.')
-  sub = p.add_subparsers(dest='command', required=True)
-  g = sub.add_parser('generate', parents=[common], help='generate text (one round trip)')
-  g.add_argument('--prompt', action='append', help='repeat for a batch (default ROMEO:)')
-  g.add_argument('--num-chars', type=int, default=500)
-  g.add_argument('--temperature', type=float, default=1.0)
-  g.add_argument('--seed', type=int, help='reproducible sampling (default: random)')
-  g.add_argument('--no-prompt', action='store_true', help='print only the continuation')
-  s = sub.add_parser('stream', parents=[common], help='print characters as they come (one_step)')
-  s.add_argument('--prompt', default='ROMEO:')
-  s.add_argument('--num-chars', type=int, default=500)
-  s.add_argument('--temperature', type=float, default=1.0)
-  c = sub.add_parser('score', parents=[common], help='log-likelihood, bits/char, perplexity')
-  c.add_argument('--text', action='append', help='text to score (repeatable)')
-  c.add_argument('--file', help='score the contents of this file ("-" = stdin)')
-  sub.add_parser('metadata', parents=[common], help="signatures of the served version")
-  sub.add_parser('status', parents=[common], help='versions and their states (exit 1 if none '
-                 'is AVAILABLE)')
-  return p
-
-
-def _client(args) -> Client:
-  return Client(args.target, args.model, version=args.version, label=args.label,
-                timeout=args.timeout, retries=args.retries,
-                root_certificates=_read(args.root_cert), private_key=_read(args.client_key),
-                certificate_chain=_read(args.client_cert), tls=args.tls or None,
-                server_name=args.server_name, max_message_bytes=args.max_message_mb << 20)
-
-
-def _run(args, out) -> int:
-  with _client(args) as client:
-    if args.command == 'generate':
-      prompts = args.prompt or ['ROMEO:']
-      texts = client.generate(prompts, args.num_chars, args.temperature, args.seed)
-      for i, (prompt, text) in enumerate(zip(prompts, texts)):
-        if i:
-          out.write('\n-----\n')
-        out.write(text if args.no_prompt else prompt + text)
-      out.write('\n')
-    elif args.command == 'stream':
-      out.write(args.prompt)
-      for ch in client.stream(args.prompt, args.num_chars, args.temperature):
-        out.write(ch)
-        out.flush()
-      out.write('\n')
-    elif args.command == 'score':
-      texts = list(args.text or [])
-      if args.file:
-        texts.append(sys.stdin.read() if args.file == '-' else open(args.file, encoding='utf-8').read())
-      if not texts:
-        raise ValueError('give --text or --file')
-      out.write(f'{"log-likelihood":>15} {"chars":>7} {"bits/char":>9} {"perplexity":>10}  text\n')
-      for s in client.score(texts):
-        preview = s.text[:40].replace('\n', '\\n')
-        out.write(f'{s.log_likelihood:15.3f} {s.num_scored:7d} {s.bits_per_char:9.4f} '
-                  f'{s.perplexity:10.3f}  {preview}\n')
-    elif args.command == 'metadata':
-      info = client.metadata()
-      out.write(f'model {info.name} version {info.version} (state size {info.state_size})\n')
-      for name, sig in sorted(info.signatures.items()):
-        def fmt(specs):
-          return ', '.join(f'{k} {v.dtype.name}{v.shape if v.shape is not None else "[?]"}'
-                           .replace('None', '?') for k, v in sorted(specs.items()))
-        out.write(f'  {name}({fmt(sig["inputs"])}) -> {fmt(sig["outputs"])}\n')
-    elif args.command == 'status':
-      versions = client.status()
-      for v in versions:
-        error = f' {v.error_code}: {v.error_message}' if v.error_code != 'OK' else ''
-        out.write(f'{client.model_name} version {v.version}: {v.state}{error}\n')
-      return 0 if any(v.state == 'AVAILABLE' for v in versions) else 1
-  return 0
-
-
-def main(argv=None) -> int:
-  args = build_arg_parser().parse_args(argv)
-  try:
-    return _run(args, sys.stdout)
-  except ServingError as e:
-    print(f'error: {e}', file=sys.stderr)
-    hint = _HINTS.get(e.code)
-    if hint:
-      print(f'hint: {hint.format(target=args.target)}', file=sys.stderr)
-    return 1
-  except (OSError, ValueError) as e:
-    print(f'error: {e}', file=sys.stderr)
-    return 2
-  except KeyboardInterrupt:
-    return 130
-
-
-if __name__ == '__main__':
-  sys.exit(main())
+if __name__ == '__main__':   # deprecated alias: `python -m serving.client ...` -> serving.cli
+  from serving import cli   # pylint: disable=g-import-not-at-top
+  print('note: `python -m serving.client` is deprecated; use `python -m serving.cli` '
+        '(same subcommands and flags)', file=sys.stderr)
+  sys.exit(cli.main())
