@@ -32,6 +32,8 @@ from tfx.dsl.components.base import base_component, base_executor, executor_spec
 from tfx.types import artifact_utils
 from tfx.types.component_spec import ChannelParameter, ComponentSpec, ExecutionParameter
 
+from components import code_version
+from components import examples_format
 from components import text as text_lib
 from components.artifacts import Corpus
 
@@ -46,6 +48,7 @@ class CorpusError(ValueError):
 # ---------------------------------------------------------------------- spec
 class CorpusIngestSpec(ComponentSpec):
   PARAMETERS = {
+      code_version.PARAMETER_NAME: code_version.PARAMETER,
       'sources': ExecutionParameter(type=str),            # JSON list
       'source_fingerprint': ExecutionParameter(type=str),
       'seq_length': ExecutionParameter(type=int),
@@ -233,17 +236,6 @@ def _decode_source(source: str, normalization: str) -> Iterator[str]:
     yield unicodedata.normalize(normalization, tail) if normalization else tail
 
 
-def min_corpus_chars(seq_length: int, eval_fraction: float) -> int:
-  """Smallest corpus that yields one train and one eval window of seq_length + 1."""
-  window = seq_length + 1
-  n = window
-  while True:
-    boundary = int(n * (1.0 - eval_fraction))
-    if boundary >= window and n - boundary >= window:
-      return n
-    n += 1
-
-
 class Executor(base_executor.BaseExecutor):
   """Streams every source into shards, checking as it goes."""
 
@@ -283,7 +275,7 @@ def ingest(sources: List[str], output_dir: str, seq_length: int,
       if writer.num_chars == before:
         raise CorpusError(f'{source}: empty file, no text')
     shards = writer.finish()
-    needed = min_corpus_chars(seq_length, eval_fraction)
+    needed = examples_format.min_corpus_chars(seq_length, eval_fraction)
     if writer.num_chars < needed:
       raise CorpusError(
           f'{",".join(sources)}: corpus too small: {writer.num_chars} characters, '
@@ -316,6 +308,7 @@ class CorpusIngest(base_component.BaseComponent):
     if isinstance(sources, str):
       sources = [sources]
     spec = CorpusIngestSpec(
+        code_version=code_version.fingerprint(__name__),
         sources=json.dumps(list(sources)),
         source_fingerprint=fingerprint or source_fingerprint(list(sources)),
         seq_length=seq_length,

@@ -31,10 +31,11 @@ from tfx.types import artifact_utils, standard_artifacts
 from tfx.types.component_spec import ChannelParameter, ComponentSpec, ExecutionParameter
 from tfx.utils import io_utils, path_utils
 
+from components import code_version
 from components import served_model
 from components.artifacts import Vocabulary
 from components.text import CharVocab
-from components.window_gen import FEATURE_KEY
+from components import examples_format
 
 EVALUATION_FILE = 'evaluation.json'
 _BATCH = 256
@@ -42,6 +43,7 @@ _BATCH = 256
 
 class EvaluationGateSpec(ComponentSpec):
   PARAMETERS = {
+      code_version.PARAMETER_NAME: code_version.PARAMETER,
       'max_eval_loss': ExecutionParameter(type=float),
       'regression_tolerance': ExecutionParameter(type=float),
       'max_eval_windows': ExecutionParameter(type=int),
@@ -57,14 +59,12 @@ class EvaluationGateSpec(ComponentSpec):
 
 def eval_texts(examples_uri: str, vocab: CharVocab, max_windows: int = 0) -> List[str]:
   """The eval split's windows, decoded back to text."""
-  files = tf.io.gfile.glob(os.path.join(examples_uri, 'Split-eval', '*.gz'))
-  ds = tf.data.TFRecordDataset(sorted(files), compression_type='GZIP')
+  ds = examples_format.record_dataset(examples_format.split_files(examples_uri, 'eval'))
   if max_windows:
     ds = ds.take(max_windows)
-  spec = {FEATURE_KEY: tf.io.FixedLenSequenceFeature([], tf.int64, allow_missing=True)}
   texts = []
   for batch in ds.batch(1024):
-    for ids in tf.io.parse_example(batch, spec)[FEATURE_KEY].numpy():
+    for ids in examples_format.parse_windows(batch).numpy():
       texts.append(vocab.decode(ids))
   return texts
 
@@ -143,6 +143,7 @@ class EvaluationGate(base_component.BaseComponent):
                regression_tolerance: float, max_eval_windows: int = 0,
                baseline_model: Optional[types.BaseChannel] = None):
     super().__init__(spec=EvaluationGateSpec(
+        code_version=code_version.fingerprint(__name__),
         model=model, examples=examples, vocabulary=vocabulary,
         baseline_model=baseline_model, max_eval_loss=max_eval_loss,
         regression_tolerance=regression_tolerance,

@@ -24,7 +24,7 @@ from tfx.components.trainer.fn_args_utils import FnArgs
 
 from components import model as model_lib
 from components.text import CharVocab
-from components.window_gen import FEATURE_KEY
+from components import examples_format
 
 KERAS_DIR = 'keras'
 WEIGHTS_FILE = 'model.weights.h5'
@@ -55,17 +55,15 @@ def make_dataset(file_patterns: List[str], seq_length: int, batch_size: int,
   if not files:
     raise ValueError(f'no TFRecord files match {file_patterns}')
   if num_windows is None and not repeat:
-    num_windows = int(tf.data.TFRecordDataset(files, compression_type='GZIP')
-                      .reduce(0, lambda n, _: n + 1))
+    num_windows = int(examples_format.record_dataset(files).reduce(0, lambda n, _: n + 1))
   if random_offsets:
     # WindowGen names files by shard, so sorted files read one after another
     # give the windows in text order; pair each with its successor.
-    ordered = tf.data.TFRecordDataset(sorted(files), compression_type='GZIP')
+    ordered = examples_format.record_dataset(sorted(files))
     ds = tf.data.Dataset.zip((ordered, ordered.skip(1)))
     num_windows = None if num_windows is None else num_windows - 1
   else:
-    ds = tf.data.TFRecordDataset(sorted(files), compression_type='GZIP',
-                                 num_parallel_reads=tf.data.AUTOTUNE)
+    ds = examples_format.record_dataset(sorted(files), num_parallel_reads=tf.data.AUTOTUNE)
   # The records are small (about 120 bytes a window): caching them in memory
   # removes decompression from every epoch after the first. Only for full
   # passes: a cache that is never read to the end is thrown away.
@@ -75,10 +73,8 @@ def make_dataset(file_patterns: List[str], seq_length: int, batch_size: int,
     ds = ds.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
   if repeat:
     ds = ds.repeat()
-  spec = {FEATURE_KEY: tf.io.FixedLenFeature([seq_length + 1], tf.int64)}
-
   def parse(serialized):
-    return tf.cast(tf.io.parse_example(serialized, spec)[FEATURE_KEY], tf.int32)
+    return examples_format.parse_windows(serialized, seq_length + 1)
 
   def split(serialized):
     ids = parse(serialized)

@@ -20,7 +20,7 @@ Flink or Spark through the pipeline's `beam_pipeline_args`.
 
 import os
 import uuid
-from typing import Any, Dict, List, NamedTuple, Optional
+from typing import Any, Dict, List, NamedTuple
 
 import apache_beam as beam
 import numpy as np
@@ -32,15 +32,15 @@ from tfx.proto import example_gen_pb2
 from tfx.types import artifact_utils, standard_artifacts
 from tfx.types.component_spec import ChannelParameter, ComponentSpec, ExecutionParameter
 
+from components import code_version
+from components import examples_format as fmt
 from components import text as text_lib
 from components.artifacts import Corpus, Vocabulary
-
-FEATURE_KEY = 'ids'
-SPLITS = ('train', 'eval')
 
 
 class WindowGenSpec(ComponentSpec):
   PARAMETERS = {
+      code_version.PARAMETER_NAME: code_version.PARAMETER,
       'seq_length': ExecutionParameter(type=int),
       'stride': ExecutionParameter(type=int),
       'eval_fraction': ExecutionParameter(type=float),
@@ -50,56 +50,6 @@ class WindowGenSpec(ComponentSpec):
       'vocabulary': ChannelParameter(type=Vocabulary),
   }
   OUTPUTS = {'examples': ChannelParameter(type=standard_artifacts.Examples)}
-
-
-# ------------------------------------------------------------- window maths
-def split_boundary(num_chars: int, eval_fraction: float) -> int:
-  """Index of the first eval character."""
-  return int(num_chars * (1.0 - eval_fraction))
-
-
-def window_starts(region_start: int, region_end: int, window: int, stride: int,
-                  lo: int, hi: int) -> range:
-  """Starts of the windows of one split region that fall in [lo, hi)."""
-  last = region_end - window          # the last start that still fits
-  if last < region_start:
-    return range(0)
-  first = max(lo, region_start)
-  first = region_start + -(-(first - region_start) // stride) * stride  # round up
-  return range(first, min(hi - 1, last) + 1, stride)
-
-
-def count_windows(region_start: int, region_end: int, window: int, stride: int) -> int:
-  return len(window_starts(region_start, region_end, window, stride,
-                           region_start, region_end))
-
-
-def _serialize_slow(ids: np.ndarray) -> bytes:
-  return tf.train.Example(features=tf.train.Features(feature={
-      FEATURE_KEY: tf.train.Feature(int64_list=tf.train.Int64List(value=ids))
-  })).SerializeToString()
-
-
-def example_prefix(window: int, vocab_size: int) -> Optional[bytes]:
-  """The constant framing of a serialized window when every id is < 128, else None.
-
-  Below 128 every varint is one byte, so a window's tf.train.Example is this
-  prefix followed by its ids as bytes: about 50x faster than building protos,
-  which was most of WindowGen's CPU time.
-  """
-  if vocab_size > 127:
-    return None
-  template = _serialize_slow(np.ones(window, dtype=np.int64))
-  assert template[-window:] == b'\x01' * window, 'unexpected Example framing'
-  return template[:-window]
-
-
-def serialize_fn(window: int, vocab_size: int):
-  """ids[window] -> serialized tf.train.Example bytes."""
-  prefix = example_prefix(window, vocab_size)
-  if prefix is None:
-    return _serialize_slow
-  return lambda ids: prefix + ids.astype(np.uint8).tobytes()
 
 
 class _Task(NamedTuple):
@@ -116,14 +66,12 @@ def _write_task(task: _Task, corpus_uri: str, vocab_uri: str, output_uri: str,
   shards = index['shards']
   offsets = np.cumsum([0] + [s['num_chars'] for s in shards])
   lo, hi = int(offsets[task.shard]), int(offsets[task.shard + 1])
-  starts = window_starts(task.region_start, task.region_end, window, stride, lo, hi)
-  name = f'data_tfrecord-{task.shard:05d}-of-{len(shards):05d}.gz'
-  path = os.path.join(output_uri, f'Split-{task.split}', name)
+  starts = fmt.window_starts(task.region_start, task.region_end, window, stride, lo, hi)
+  name = fmt.shard_file_name(task.shard, len(shards))
+  path = os.path.join(fmt.split_dir(output_uri, task.split), name)
   vocab = text_lib.CharVocab.load(vocab_uri)
   tmp = f'{path}.tmp-{uuid.uuid4().hex}'
-  # GZIP level 1: a third of the default level's time for files ~14% larger.
-  options = tf.io.TFRecordOptions(compression_type='GZIP', compression_level=1)
-  with tf.io.TFRecordWriter(tmp, options=options) as writer:
+  with tf.io.TFRecordWriter(tmp, options=fmt.writer_options()) as writer:
     if len(starts):
       # This shard plus just the characters the last window needs from the next ones.
       needed_end = starts[-1] + window
@@ -134,10 +82,11 @@ def _write_task(task: _Task, corpus_uri: str, vocab_uri: str, output_uri: str,
         end += shards[i]['num_chars']
         i += 1
       ids = np.concatenate(pieces)
-      prefix = example_prefix(window, len(vocab))
+      prefix = fmt.example_prefix(window, len(vocab))
       if prefix is None:
+        serialize = fmt.serialize_fn(window, len(vocab))
         for start in starts:
-          writer.write(_serialize_slow(ids[start - lo:start - lo + window]))
+          writer.write(serialize(ids[start - lo:start - lo + window]))
       else:
         data = ids.astype(np.uint8).tobytes()   # one conversion, then byte slices
         for start in starts:
@@ -163,21 +112,21 @@ class Executor(base_beam_executor.BaseBeamExecutor):
 
     index = text_lib.read_corpus_index(corpus.uri)
     num_chars = index['num_chars']
-    boundary = split_boundary(num_chars, exec_properties['eval_fraction'])
+    boundary = fmt.split_boundary(num_chars, exec_properties['eval_fraction'])
     regions = {'train': (0, boundary), 'eval': (boundary, num_chars)}
     for split, (start, end) in regions.items():
-      count = count_windows(start, end, window, stride)
+      count = fmt.count_windows(start, end, window, stride)
       if count == 0:
         raise ValueError(
             f'the {split} split ({end - start} characters) is shorter than one '
             f'window of seq_length + 1 = {window} characters')
       examples.set_int_custom_property(f'num_windows_{split}', count)
-      tf.io.gfile.makedirs(os.path.join(examples.uri, f'Split-{split}'))
+      tf.io.gfile.makedirs(fmt.split_dir(examples.uri, split))
 
     offsets = np.cumsum([0] + [s['num_chars'] for s in index['shards']])
     tasks = [
         _Task(split, i, *regions[split])
-        for split in SPLITS for i in range(len(index['shards']))
+        for split in fmt.SPLITS for i in range(len(index['shards']))
         if offsets[i] < regions[split][1] and offsets[i + 1] > regions[split][0]
     ]
     with self._make_beam_pipeline() as p:
@@ -188,7 +137,7 @@ class Executor(base_beam_executor.BaseBeamExecutor):
                _write_task, corpus_uri=corpus.uri, vocab_uri=vocabulary.uri,
                output_uri=examples.uri, window=window, stride=stride))
 
-    examples.split_names = artifact_utils.encode_split_names(list(SPLITS))
+    examples.split_names = artifact_utils.encode_split_names(list(fmt.SPLITS))
     examples_utils.set_payload_format(
         examples, example_gen_pb2.PayloadFormat.FORMAT_TF_EXAMPLE)
     examples.set_int_custom_property('seq_length', seq_length)
@@ -204,6 +153,7 @@ class WindowGen(base_beam_component.BaseBeamComponent):
   def __init__(self, corpus: types.BaseChannel, vocabulary: types.BaseChannel,
                seq_length: int, stride: int, eval_fraction: float):
     super().__init__(spec=WindowGenSpec(
+        code_version=code_version.fingerprint(__name__),
         corpus=corpus, vocabulary=vocabulary, seq_length=seq_length,
         stride=stride, eval_fraction=eval_fraction,
         examples=types.Channel(type=standard_artifacts.Examples)))

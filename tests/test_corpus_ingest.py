@@ -13,8 +13,8 @@ from ml_metadata.proto import metadata_store_pb2
 from tfx import v1 as tfx
 
 from components import text as text_lib
-from components.corpus_ingest import (CorpusError, CorpusIngest, ingest,
-                                      min_corpus_chars, source_fingerprint)
+from components.corpus_ingest import CorpusError, CorpusIngest, ingest, source_fingerprint
+from components.examples_format import min_corpus_chars
 
 SEQ, EVAL = 100, 0.1
 BIG = min_corpus_chars(SEQ, EVAL)

@@ -9,7 +9,7 @@ import pytest
 import tensorflow as tf
 from tfx.types import standard_artifacts
 
-from components import evaluation_gate, window_gen
+from components import evaluation_gate, examples_format
 from components.model import build_keras_model, export_serving_model
 from components.artifacts import Vocabulary
 from components.text import CharVocab
@@ -44,7 +44,7 @@ def setup(tmp_path_factory):
   tmp = tmp_path_factory.mktemp('gate')
   examples = tmp / 'examples'
   (examples / 'Split-eval').mkdir(parents=True)
-  serialize = window_gen.serialize_fn(21, len(VOCAB))
+  serialize = examples_format.serialize_fn(21, len(VOCAB))
   ids = VOCAB.encode(TEXT)
   with tf.io.TFRecordWriter(str(examples / 'Split-eval' / 'data.gz'), 'GZIP') as w:
     for s in range(0, len(ids) - 21, 20):

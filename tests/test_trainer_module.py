@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from components import trainer_module, window_gen
+from components import examples_format, trainer_module
 from components.model import build_keras_model
 from components.text import CharVocab
 
@@ -15,7 +15,7 @@ CFG = dict(embedding_dim=4, rnn_type='gru', rnn_units=8, num_layers=1, dropout=0
 
 
 def test_dataset_yields_inputs_and_targets_shifted_by_one(tmp_path):
-  serialize = window_gen.serialize_fn(6, 20)
+  serialize = examples_format.serialize_fn(6, 20)
   path = tmp_path / 'Split-train'
   path.mkdir()
   with tf.io.TFRecordWriter(str(path / 'a.gz'), 'GZIP') as w:
@@ -31,7 +31,7 @@ def test_dataset_yields_inputs_and_targets_shifted_by_one(tmp_path):
 
 def _tiling_windows(path, text, seq_length, stride):
   """Windows of `text` as WindowGen writes them: seq_length + 1 ids every `stride`."""
-  serialize = window_gen.serialize_fn(seq_length + 1, 1000)
+  serialize = examples_format.serialize_fn(seq_length + 1, 1000)
   path.mkdir(parents=True)
   with tf.io.TFRecordWriter(str(path / 'data_tfrecord-00000-of-00001.gz'), 'GZIP') as w:
     for start in range(0, len(text) - seq_length, stride):
@@ -117,7 +117,7 @@ def test_precision_auto_follows_the_cpu():
 
 def test_keras_evaluate_on_the_dataset_equals_the_mean_batch_loss(tmp_path):
   """Pins the workaround for Keras 3.12 on TF 2.16 dividing by one batch too many."""
-  serialize = window_gen.serialize_fn(11, 20)
+  serialize = examples_format.serialize_fn(11, 20)
   rng = np.random.default_rng(0)
   (tmp_path / 'Split-eval').mkdir()
   with tf.io.TFRecordWriter(str(tmp_path / 'Split-eval' / 'a.gz'), 'GZIP') as w:

@@ -8,7 +8,7 @@ import tensorflow as tf
 from tfx.dsl.components.base import base_beam_executor
 from tfx.types import artifact_utils, standard_artifacts
 
-from components import window_gen
+from components import examples_format, window_gen
 from components.artifacts import Corpus, Vocabulary
 from components.corpus_ingest import ingest
 from components.text import CharVocab
@@ -60,7 +60,7 @@ def _text(n):
 def test_windows_cover_each_split_in_order_and_never_cross_the_boundary(tmp_path, stride):
   text = _text(5000)
   examples, vocab = _run(tmp_path, text, seq_length=10, stride=stride, shard_chars=333)
-  boundary = window_gen.split_boundary(len(text), 0.1)
+  boundary = examples_format.split_boundary(len(text), 0.1)
   assert artifact_utils.decode_split_names(examples.split_names) == ['train', 'eval']
   for split, (lo, hi) in {'train': (0, boundary), 'eval': (boundary, len(text))}.items():
     got = _windows(examples, split)
@@ -80,8 +80,8 @@ def test_default_stride_matches_the_tutorials_input_target_shift(tmp_path):
 
 def test_fast_serialization_equals_protobuf_serialization():
   ids = np.arange(101) % 66
-  fast = window_gen.serialize_fn(101, 66)
-  slow = window_gen.serialize_fn(101, 300)   # the generic path
+  fast = examples_format.serialize_fn(101, 66)
+  slow = examples_format.serialize_fn(101, 300)   # the generic path
   assert fast(ids) == slow(ids)
   parsed = tf.io.parse_single_example(fast(ids), {'ids': tf.io.FixedLenFeature([101], tf.int64)})
   np.testing.assert_array_equal(parsed['ids'].numpy(), ids)
@@ -95,18 +95,18 @@ def test_large_vocabularies_use_the_generic_encoding(tmp_path):
 
 
 def test_window_starts_arithmetic():
-  assert list(window_gen.window_starts(0, 50, 11, 10, 0, 50)) == [0, 10, 20, 30]
+  assert list(examples_format.window_starts(0, 50, 11, 10, 0, 50)) == [0, 10, 20, 30]
   # Only the starts inside [lo, hi), aligned to the region's grid.
-  assert list(window_gen.window_starts(5, 100, 11, 10, 20, 60)) == [25, 35, 45, 55]
-  assert list(window_gen.window_starts(0, 10, 11, 10, 0, 10)) == []
-  assert window_gen.count_windows(90, 100, 11, 10) == 0
+  assert list(examples_format.window_starts(5, 100, 11, 10, 20, 60)) == [25, 35, 45, 55]
+  assert list(examples_format.window_starts(0, 10, 11, 10, 0, 10)) == []
+  assert examples_format.count_windows(90, 100, 11, 10) == 0
 
 
 def test_train_windows_tile_the_text_across_shards_so_the_trainer_can_recut_them(tmp_path):
   from components import trainer_module  # pylint: disable=g-import-not-at-top
   text = _text(5000)
   examples, vocab = _run(tmp_path, text, seq_length=10, stride=10, shard_chars=333)
-  train_text = text[:window_gen.split_boundary(len(text), 0.1)]
+  train_text = text[:examples_format.split_boundary(len(text), 0.1)]
   ds = trainer_module.make_dataset(
       [os.path.join(examples.uri, 'Split-train', '*')], 10, 16, shuffle_buffer=1000,
       random_offsets=True, seed=0,

@@ -23,7 +23,7 @@ import tensorflow as tf
 
 from bench import common
 from components import model as model_lib
-from components import window_gen
+from components import examples_format
 from components.text import CharVocab
 from components.trainer_module import _Schedule
 
@@ -64,9 +64,9 @@ def main() -> None:
   vocab = CharVocab.from_text(text)
   vocab_size = len(vocab)
   ids = vocab.encode(text).astype(np.int32)
-  boundary = window_gen.split_boundary(len(ids), 0.1)
+  boundary = examples_format.split_boundary(len(ids), 0.1)
   train = ids[:boundary]
-  eval_windows = np.stack([ids[s:s + 101] for s in window_gen.window_starts(
+  eval_windows = np.stack([ids[s:s + 101] for s in examples_format.window_starts(
       boundary, len(ids), 101, 100, boundary, len(ids))])
 
   keras.mixed_precision.set_global_policy(a.precision)
