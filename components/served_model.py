@@ -30,11 +30,14 @@ from tfx.types import artifact_utils, standard_artifacts
 from tfx.types.component_spec import ChannelParameter, ComponentSpec, ExecutionParameter
 from tfx.utils import io_utils, path_utils
 
+from components import code_version
+
 NOTHING_SERVED = 'nothing-served'
 
 
 class ServedModelSpec(ComponentSpec):
   PARAMETERS = {
+      code_version.PARAMETER_NAME: code_version.PARAMETER,
       'serving_model_dir': ExecutionParameter(type=str),
       'served_fingerprint': ExecutionParameter(type=str),
   }
@@ -107,6 +110,7 @@ class ServedModel(base_component.BaseComponent):
   def __init__(self, serving_model_dir: str, fingerprint: Optional[str] = None):
     """`fingerprint` defaults to `served_fingerprint(serving_model_dir)`, computed now."""
     super().__init__(spec=ServedModelSpec(
+        code_version=code_version.fingerprint(__name__),
         serving_model_dir=serving_model_dir,
         served_fingerprint=fingerprint or served_fingerprint(serving_model_dir),
         model=types.Channel(type=standard_artifacts.Model)))

@@ -12,8 +12,6 @@ Kubeflow image alike. Because TFX's cache key cannot see code behind an import
 path, a hash of that code is added to custom_config: editing the model retrains.
 """
 
-import hashlib
-import os
 from typing import Any, Dict, List, Optional
 
 from tfx import types
@@ -24,10 +22,8 @@ from tfx.types import artifact_utils, standard_artifacts, standard_component_spe
 from tfx.types.component_spec import ChannelParameter
 from tfx.utils import json_utils
 
+from components import code_version
 from components.artifacts import Vocabulary
-
-# The files whose content decides what a training run produces.
-_CODE_FILES = ('trainer_module.py', 'model.py', 'text.py')
 
 
 class CharRnnTrainerSpec(standard_component_specs.TrainerSpec):
@@ -53,13 +49,9 @@ class Executor(trainer_executor.GenericExecutor):
     return fn_args
 
 
-def code_fingerprint() -> str:
-  digest = hashlib.sha256()
-  here = os.path.dirname(os.path.abspath(__file__))
-  for name in _CODE_FILES:
-    with open(os.path.join(here, name), 'rb') as f:
-      digest.update(f.read())
-  return digest.hexdigest()
+def code_fingerprint(run_fn: str) -> str:
+  """The executor's and run_fn's code, with every project module they import."""
+  return code_version.fingerprint(__name__, run_fn.rpartition('.')[0])
 
 
 class CharRnnTrainer(base_component.BaseComponent):
@@ -79,7 +71,7 @@ class CharRnnTrainer(base_component.BaseComponent):
         train_args=trainer_pb2.TrainArgs(splits=['train']),
         eval_args=trainer_pb2.EvalArgs(splits=['eval']),
         custom_config=json_utils.dumps(
-            dict(custom_config, code_fingerprint=code_fingerprint())),
+            dict(custom_config, code_fingerprint=code_fingerprint(run_fn))),
         model=types.Channel(type=standard_artifacts.Model),
         model_run=types.Channel(type=standard_artifacts.ModelRun))
     super().__init__(spec=spec)

@@ -16,12 +16,13 @@ from tfx.dsl.components.base import base_component, base_executor, executor_spec
 from tfx.types import artifact_utils
 from tfx.types.component_spec import ChannelParameter, ComponentSpec
 
+from components import code_version
 from components import text as text_lib
 from components.artifacts import Corpus, Vocabulary
 
 
 class VocabularyGenSpec(ComponentSpec):
-  PARAMETERS = {}
+  PARAMETERS = {code_version.PARAMETER_NAME: code_version.PARAMETER}
   INPUTS = {'corpus': ChannelParameter(type=Corpus)}
   OUTPUTS = {'vocabulary': ChannelParameter(type=Vocabulary)}
 
@@ -50,4 +51,5 @@ class VocabularyGen(base_component.BaseComponent):
 
   def __init__(self, corpus: types.BaseChannel):
     super().__init__(spec=VocabularyGenSpec(
+        code_version=code_version.fingerprint(__name__),
         corpus=corpus, vocabulary=types.Channel(type=Vocabulary)))
