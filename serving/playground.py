@@ -6,7 +6,7 @@ TF Serving's `/v1/...` API:
   GET /playground                 -> redirect to /playground/
   GET /playground/                -> serving/playground/index.html (static, no build step)
   GET /playground/<file>          -> the page's .js / .css
-  GET /playground/info/<model>    -> {"version", "eval_loss", "bits_per_char", "corpus", ...}
+  GET /playground/info/<model>    -> {"version", "eval_loss", "corpus", "tokens", ...}
                                      of the version that answers Latest(<model>) now
 
 The page itself only calls TF Serving's REST API (`/v1/models/<model>` status and
@@ -74,8 +74,9 @@ def model_info(manager: ModelManager, name: str) -> Dict[str, Any]:
             break
   vocab = _read_json(os.path.join(extra, VOCAB_FILE))
   tokens = vocab.get('tokens') if isinstance(vocab, dict) else vocab
-  if isinstance(tokens, list):
+  if isinstance(tokens, list) and all(isinstance(t, str) for t in tokens):
     info['vocab_size'] = len(tokens)
+    info['tokens'] = tokens   # labels for one_step's logits (the hover's alternatives)
   return info
 
 
