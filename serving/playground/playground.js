@@ -220,7 +220,7 @@ function colourFor(p) {
 }
 
 function shown(ch) {
-  return ch === '\n' ? '\\n' : ch === ' ' ? '(space)' : ch === '\t' ? '\\t' : ch;
+  return ch === '\n' ? '\\n' : ch === ' ' ? 'space' : ch === '\t' ? '\\t' : ch;
 }
 
 async function surprise(event) {
