@@ -13,7 +13,15 @@ real binary:
   version it replaces is unloaded (END). A request holds a reference to the
   version it was given, so requests in flight finish on the old version.
 * A version that fails to load is reported (END + error) and the versions
-  already serving stay; it is retried only when its saved_model.pb changes.
+  already serving stay. Like TF Serving it is retried, up to
+  `max_num_load_retries` times, `load_retry_interval_micros` apart (doubling
+  after each failure; TF Serving waits the same interval each time); a new copy
+  (its saved_model.pb changes) starts the count again. The retry is a later
+  poll, so a failing version never holds up the others.
+* A version directory is a name of plain ASCII digits ([0-9]+, fits int64);
+  anything else (`latest`, `1.tmp`, `²`, for which str.isdigit() is True) is
+  ignored with one log line per name.
+* Clients see short messages; the log has the detail (exception text, paths).
 * Unknown model/version -> NOT_FOUND, unknown label -> INVALID_ARGUMENT, with
   TF Serving's message texts ("Servable not found for request: Latest(x)", ...).
 
@@ -24,7 +32,9 @@ saved_model.pb): no training code.
 import dataclasses
 import logging
 import os
+import re
 import threading
+import time
 import warnings
 from typing import Dict, List, Optional, Tuple
 
@@ -46,13 +56,28 @@ _HIDDEN_SIGNATURES = ('__saved_model_init_op',)
 GRPC_CODE_BY_NUMBER = {code.value[0]: code for code in grpc.StatusCode}
 
 
-class ServingError(Exception):
-  """A request failure with the gRPC status code TF Serving would answer."""
+# TF Serving's defaults for --max_num_load_retries / --load_retry_interval_micros.
+DEFAULT_MAX_NUM_LOAD_RETRIES = 5
+DEFAULT_LOAD_RETRY_INTERVAL_MICROS = 60_000_000
+_VERSION_DIR = re.compile(r'[0-9]+')
+_MAX_VERSION = 2**63 - 1   # ModelVersionStatus.version is an int64
+
+
+class RequestError(Exception):
+  """A request failure with the gRPC status code TF Serving would answer.
+
+  (Named apart from serving.client.ServingError, the client library's error:
+  one is what the server answers, the other what a client raises.)
+  """
 
   def __init__(self, code: grpc.StatusCode, message: str):
     super().__init__(message)
     self.code = code
     self.message = message
+
+
+# The old name, kept only until serving/playground.py imports RequestError.
+ServingError = RequestError
 
 
 @dataclasses.dataclass
@@ -88,15 +113,32 @@ def load_servable(name: str, version: int, path: str) -> Servable:
   return Servable(name, version, path, loaded, signature_defs)
 
 
+_ignored_names = set()   # (base_path, entry) already logged as not a version
+_ignored_lock = threading.Lock()
+
+
+def _is_version_dir(base_path: str, entry: str) -> bool:
+  if _VERSION_DIR.fullmatch(entry) and int(entry) <= _MAX_VERSION:
+    return True
+  with _ignored_lock:
+    if (base_path, entry) in _ignored_names:
+      return False
+    _ignored_names.add((base_path, entry))
+  if os.path.isdir(os.path.join(base_path, entry)):
+    log.info('Ignoring %r under %s: a version directory is named with ASCII digits only '
+             '(at most 2^63-1)', entry, base_path)
+  return False
+
+
 def ready_versions(base_path: str) -> Dict[int, str]:
-  """Numeric version dirs that hold a saved_model.pb: {version: path}."""
+  """Version dirs ([0-9]+) that hold a saved_model.pb: {version: path}."""
   try:
     entries = os.listdir(base_path)
   except OSError:
     return {}
   found = {}
   for entry in entries:
-    if not entry.isdigit():
+    if not _is_version_dir(base_path, entry):
       continue
     path = os.path.join(base_path, entry)
     if os.path.isfile(os.path.join(path, SAVED_MODEL_PB)):
@@ -122,6 +164,8 @@ class _VersionState:
   error_code: grpc.StatusCode = grpc.StatusCode.OK
   error_message: str = ''
   failed_mtime: Optional[float] = None   # saved_model.pb mtime of a failed load
+  failures: int = 0                       # failed loads of that copy so far
+  retry_at: float = 0.0                   # time.monotonic() of the next attempt
 
 
 class _Model:
@@ -134,7 +178,11 @@ class _Model:
 class ModelManager:
   """Holds the served models; `poll()` brings them in line with disk and config."""
 
-  def __init__(self, config: model_server_config_pb2.ModelServerConfig):
+  def __init__(self, config: model_server_config_pb2.ModelServerConfig, *,
+               max_num_load_retries: int = DEFAULT_MAX_NUM_LOAD_RETRIES,
+               load_retry_interval_micros: int = DEFAULT_LOAD_RETRY_INTERVAL_MICROS):
+    self.max_num_load_retries = max(0, int(max_num_load_retries))
+    self.load_retry_interval = max(0, int(load_retry_interval_micros)) / 1e6
     self._lock = threading.Lock()          # guards _models' dicts (short holds only)
     self._poll_lock = threading.Lock()     # one poll (load/unload pass) at a time
     self._models: Dict[str, _Model] = {}
@@ -144,22 +192,22 @@ class ModelManager:
   @staticmethod
   def validate_config(config: model_server_config_pb2.ModelServerConfig) -> None:
     if config.WhichOneof('config') != 'model_config_list':
-      raise ServingError(grpc.StatusCode.INVALID_ARGUMENT,
+      raise RequestError(grpc.StatusCode.INVALID_ARGUMENT,
                          'ModelServerConfig must contain a model_config_list '
                          '(custom_model_config is not supported)')
     seen = set()
     for model in config.model_config_list.config:
       if not model.name:
-        raise ServingError(grpc.StatusCode.INVALID_ARGUMENT, 'Model name must be set')
+        raise RequestError(grpc.StatusCode.INVALID_ARGUMENT, 'Model name must be set')
       if model.name in seen:
-        raise ServingError(grpc.StatusCode.INVALID_ARGUMENT,
+        raise RequestError(grpc.StatusCode.INVALID_ARGUMENT,
                            f'Illegal to list model {model.name} multiple times in config list')
       seen.add(model.name)
       if not model.base_path:
-        raise ServingError(grpc.StatusCode.INVALID_ARGUMENT,
+        raise RequestError(grpc.StatusCode.INVALID_ARGUMENT,
                            f'Model {model.name} has no base_path')
       if model.model_platform not in ('', 'tensorflow'):
-        raise ServingError(grpc.StatusCode.INVALID_ARGUMENT,
+        raise RequestError(grpc.StatusCode.INVALID_ARGUMENT,
                            f'Model {model.name}: unsupported model_platform '
                            f'"{model.model_platform}" (only "tensorflow")')
 
@@ -207,17 +255,31 @@ class ModelManager:
       path = on_disk[version]
       mtime = os.path.getmtime(os.path.join(path, SAVED_MODEL_PB))
       previous = model.states.get(version)
-      if previous and previous.failed_mtime == mtime:
-        continue   # failed before and unchanged since
+      failures = 0
+      if previous and previous.failed_mtime == mtime:   # the same copy failed before
+        if (previous.failures > self.max_num_load_retries
+            or time.monotonic() < previous.retry_at):
+          continue
+        failures = previous.failures
       self._set_state(model, version, _VersionState(State.LOADING))
       log.info('Loading servable: {name: %s version: %d} from %s', name, version, path)
       try:
         servable = load_servable(name, version, path)
       except Exception as e:  # any failure: report it, keep serving what we have
+        failures += 1
         code = GRPC_CODE_BY_NUMBER.get(getattr(e, 'error_code', None), grpc.StatusCode.UNKNOWN)
-        message = f'Loading servable: {{name: {name} version: {version}}} failed: {e}'
-        log.error(message)
-        self._set_state(model, version, _VersionState(State.END, code, message, mtime))
+        message = (f'Loading servable: {{name: {name} version: {version}}} failed: '
+                   f'{type(e).__name__} (the server log has the detail)')
+        retry_in = self.load_retry_interval * 2 ** (failures - 1)
+        if failures <= self.max_num_load_retries:
+          log.error('Loading servable: {name: %s version: %d} from %s failed (attempt %d of %d), '
+                    'retrying in %.1f s: %s', name, version, path, failures,
+                    self.max_num_load_retries + 1, retry_in, e)
+        else:
+          log.error('Loading servable: {name: %s version: %d} from %s failed %d times, giving up '
+                    'until its saved_model.pb changes: %s', name, version, path, failures, e)
+        self._set_state(model, version, _VersionState(
+            State.END, code, message, mtime, failures, time.monotonic() + retry_in))
         continue
       with self._lock:
         model.servables[version] = servable
@@ -252,7 +314,7 @@ class ModelManager:
       label = spec.version_label
       labels = model.config.version_labels if model is not None else {}
       if label not in labels:
-        raise ServingError(grpc.StatusCode.INVALID_ARGUMENT,
+        raise RequestError(grpc.StatusCode.INVALID_ARGUMENT,
                            f'Unrecognized servable version label: {label}')
       version = labels[label]
     described = f'Latest({name})' if version is None else f'Specific({name}, {version})'
@@ -261,7 +323,7 @@ class ModelManager:
   def servable(self, spec) -> Servable:
     """The loaded version a request with this ModelSpec is served by."""
     if not spec.name:
-      raise ServingError(grpc.StatusCode.INVALID_ARGUMENT, 'Missing model name in request.')
+      raise RequestError(grpc.StatusCode.INVALID_ARGUMENT, 'Missing model name in request.')
     with self._lock:
       model, version, described = self._resolve(spec)
       servables = model.servables if model is not None else {}
@@ -269,7 +331,7 @@ class ModelManager:
         return servables[max(servables)]
       if version is not None and version in servables:
         return servables[version]
-    raise ServingError(grpc.StatusCode.NOT_FOUND, f'Servable not found for request: {described}')
+    raise RequestError(grpc.StatusCode.NOT_FOUND, f'Servable not found for request: {described}')
 
   def status(self, spec) -> List[get_model_status_pb2.ModelVersionStatus]:
     """GetModelStatus: every version this server knows of, or the one asked for."""
@@ -277,11 +339,11 @@ class ModelManager:
       model, version, _ = self._resolve(spec)
       states = dict(model.states) if model is not None else {}
     if not states:
-      raise ServingError(grpc.StatusCode.NOT_FOUND,
+      raise RequestError(grpc.StatusCode.NOT_FOUND,
                          f'Could not find any versions of model {spec.name}')
     if version is not None:
       if version not in states:
-        raise ServingError(grpc.StatusCode.NOT_FOUND,
+        raise RequestError(grpc.StatusCode.NOT_FOUND,
                            f'Could not find version {version} of model {spec.name}')
       states = {version: states[version]}
     out = []

@@ -1,38 +1,56 @@
-"""TF Serving's REST API (port 8501) over the same ModelManager as the gRPC API.
+"""TF Serving's REST API (port 8501) on tornado, over the same request layer as gRPC.
 
 Paths and JSON shapes follow tensorflow_serving/model_servers/http_rest_api_handler
 and util/json_tensor: a curl command written for the real server works here.
 
   GET  /v1/models/<name>[/versions/<n>|/labels/<l>]            -> GetModelStatus JSON
   GET  /v1/models/<name>[/versions/<n>|/labels/<l>]/metadata   -> {model_spec, metadata}
-  POST /v1/models/<name>[/versions/<n>|/labels/<l>]:predict
-       {"signature_name": s, "instances": [...]}  (row format)    -> {"predictions": [...]}
-       {"signature_name": s, "inputs": {...}}     (columnar)      -> {"outputs": ...}
+  POST /v1/models/<name>[/versions/<n>|/labels/<l>]:predict    -> see serving/json_codec.py
   POST ...:classify / ...:regress -> 501, this server has no classify/regress signatures.
+  other methods -> 405, other paths -> 404; errors are `{"error": "<message>"}` with
+  TF Serving's HTTP codes (400 INVALID_ARGUMENT / FAILED_PRECONDITION, 404, 501,
+  500) plus 413 (body over --max_request_bytes), 429 (RESOURCE_EXHAUSTED: busy),
+  503 (UNAVAILABLE); every answer carries an X-Request-Id header.
 
-Strings travel as JSON strings, or {"b64": ...}; string outputs whose alias ends
-in `_bytes` come back base64-encoded, as TF Serving does. Errors are
-`{"error": "<message>"}` with TF Serving's HTTP codes (400 for INVALID_ARGUMENT and
-FAILED_PRECONDITION, 404 NOT_FOUND, 501 UNIMPLEMENTED, 500 otherwise).
+A `:predict` body becomes the PredictRequest proto that gRPC carries
+(json_codec) and goes through serving/service.py, so REST and gRPC share every
+limit, code and message. Why tornado instead of http.server (one thread per
+connection, no body limit, no timeouts): one event-loop thread holds every
+connection (400 half-open ones cost 400 sockets, not 400 threads), and it gives
+max_body_size / max_buffer_size, body_timeout, idle_connection_timeout,
+keep-alive and ssl_options, maintained upstream. The body is streamed and
+counted as it arrives (a lying Content-Length cannot make us allocate more
+than the limit, and body_timeout drops a client that never sends it); predict
+work runs on a bounded executor behind the shared admission, and status /
+metadata answer on the event loop, never behind a busy predict. A client that
+disconnects has its run cancelled.
 """
 
-import base64
-import http.server
+import asyncio
+import concurrent.futures
+import dataclasses
 import json
 import logging
+import os
 import re
+import ssl
+import tempfile
 import threading
 import urllib.parse
-from typing import Any, Dict, Tuple
+from typing import Any, Dict, Optional, Tuple
 
 import grpc
-import numpy as np
-import tensorflow as tf
+import tornado.httpserver
+import tornado.ioloop
+import tornado.netutil
+import tornado.web
 from google.protobuf import json_format
-from tensorflow_serving.apis import get_model_metadata_pb2, get_model_status_pb2, model_pb2
+from tensorflow_serving.apis import (get_model_metadata_pb2, get_model_status_pb2, model_pb2)
 
-from serving import predict
-from serving.models import ModelManager, ServingError
+from serving import json_codec
+from serving.limits import Call, invalid
+from serving.models import RequestError
+from serving.service import Service, internal_error
 
 log = logging.getLogger('serving')
 
@@ -54,247 +72,276 @@ HTTP_CODE = {
 }
 
 
-def _bad(message: str) -> ServingError:
-  return ServingError(grpc.StatusCode.INVALID_ARGUMENT, message)
+@dataclasses.dataclass(frozen=True)
+class RestOptions:
+  body_timeout: float = 30.0        # seconds for a request body to arrive
+  idle_timeout: float = 60.0        # seconds an idle keep-alive / half-open connection lives
+  request_timeout: float = 300.0    # deadline of one :predict (REST carries none)
+  max_connections: int = 1024       # open connections; more are closed at once
 
 
-# ---------------------------------------------------------------- JSON <-> arrays
-def _decode_strings(value: Any, alias: str) -> Any:
-  if isinstance(value, list):
-    return [_decode_strings(v, alias) for v in value]
-  if isinstance(value, dict):
-    if set(value) == {'b64'} and isinstance(value['b64'], str):
-      try:
-        return base64.b64decode(value['b64'], validate=True)
-      except ValueError:
-        raise _bad(f'Unable to base64 decode "b64" value of input "{alias}"') from None
-    raise _bad(f'Expecting a string or {{"b64": ...}} object for input "{alias}"')
-  if isinstance(value, str):
-    return value.encode('utf-8')
-  raise _bad(f'Expecting a string value for input "{alias}" but got {json.dumps(value)[:40]}')
-
-
-def json_to_input(alias: str, value: Any, info) -> Tuple[np.ndarray, tf.DType]:
-  """A JSON value -> (array, dtype) using the signature's dtype, as json_tensor does."""
-  dtype = tf.dtypes.as_dtype(info.dtype)
-  try:
-    if dtype == tf.string:
-      decoded = _decode_strings(value, alias)
-      array = np.array(decoded, dtype=object)
-      if array.dtype != object or any(not isinstance(x, bytes) for x in array.ravel()):
-        raise _bad(f'Input "{alias}" is ragged or not a list of strings')
-    elif dtype == tf.bool:
-      array = np.array(value, dtype=bool)
-    else:
-      if any(isinstance(x, (str, dict)) for x in np.ravel(np.array(value, dtype=object))):
-        raise _bad(f'Expecting numeric values for input "{alias}" ({dtype.name})')
-      array = np.array(value, dtype=dtype.as_numpy_dtype)
-  except ServingError:
-    raise
-  except (ValueError, TypeError, OverflowError) as e:
-    raise _bad(f'Failed to convert input "{alias}" to {dtype.name}: {e}') from None
-  return array, dtype
-
-
-def _value_to_json(alias: str, value: Any) -> Any:
-  if isinstance(value, np.ndarray):
-    return [_value_to_json(alias, v) for v in value] if value.ndim else _value_to_json(alias, value.item())
-  if isinstance(value, bytes):
-    if alias.endswith('_bytes'):
-      return {'b64': base64.b64encode(value).decode('ascii')}
-    return value.decode('utf-8', errors='replace')
-  if isinstance(value, np.generic):
-    return value.item()
-  return value
-
-
-def _parse_json(body: bytes) -> Dict[str, Any]:
-  try:
-    request = json.loads(body.decode('utf-8') if body else '')
-  except (ValueError, UnicodeDecodeError) as e:
-    raise _bad(f'JSON Parse error: {e}') from None
-  if not isinstance(request, dict):
-    raise _bad('JSON Value: ' + json.dumps(request)[:80] + ' Is not object')
-  return request
-
-
-def _signature_name(request: Dict[str, Any]) -> str:
-  name = request.get('signature_name', '')
-  if not isinstance(name, str):
-    raise _bad("'signature_name' key must be a string value.")
-  return name
-
-
-def _inputs_from_json(request: Dict[str, Any], input_infos) -> Tuple[Dict[str, Tuple[np.ndarray, tf.DType]], str]:
-  has_instances, has_inputs = 'instances' in request, 'inputs' in request
-  if has_instances == has_inputs:
-    raise _bad("Missing 'inputs' or 'instances' key" if not has_instances else
-               "Not formatted correctly expecting only one of 'inputs' or 'instances' keys exists")
-  names = sorted(input_infos)
-  if has_inputs:
-    value = request['inputs']
-    if isinstance(value, dict) and not (len(names) == 1 and set(value) == {'b64'}):
-      named = value
-    elif len(names) == 1:
-      named = {names[0]: value}
-    else:
-      raise _bad(f"'inputs' must be an object keyed by the signature's inputs {{{','.join(names)}}}")
-    return {k: json_to_input(k, v, input_infos[k]) if k in input_infos else
-            (np.asarray(v, dtype=object), tf.string) for k, v in named.items()}, 'columnar'
-
-  instances = request['instances']
-  if not isinstance(instances, list) or not instances:
-    raise _bad("'instances' must be a non-empty list")
-  rows: Dict[str, list] = {}
-  for i, item in enumerate(instances):
-    if isinstance(item, dict) and not (len(names) == 1 and set(item) == {'b64'}):
-      if i and set(item) != set(rows):
-        raise _bad(f"Failed to process element: {i} of 'instances' list. JSON object: "
-                   f'keys {sorted(item)} differ from the first element\'s {sorted(rows)}')
-      for k, v in item.items():
-        rows.setdefault(k, []).append(v)
-    elif len(names) == 1:
-      rows.setdefault(names[0], []).append(item)
-    else:
-      raise _bad(f"Expecting object but got {type(item).__name__} at item {i} of 'instances' "
-                 f"list: signature has several inputs {{{','.join(names)}}}")
-  return {k: json_to_input(k, v, input_infos[k]) if k in input_infos else
-          (np.asarray(v, dtype=object), tf.string) for k, v in rows.items()}, 'row'
-
-
-def outputs_to_json(outputs: Dict[str, np.ndarray], fmt: str) -> Dict[str, Any]:
-  if fmt == 'columnar':
-    if len(outputs) == 1:
-      (alias, value), = outputs.items()
-      return {'outputs': _value_to_json(alias, value)}
-    return {'outputs': {k: _value_to_json(k, v) for k, v in outputs.items()}}
-  batch = None
-  for alias, value in outputs.items():
-    size = value.shape[0] if value.ndim else None
-    if size is None or (batch is not None and size != batch):
-      raise _bad(f'Tensor name: {alias} has inconsistent batch size: '
-                 f'{size if size is not None else "<scalar>"} expecting: {batch}')
-    batch = size
-  if len(outputs) == 1:
-    (alias, value), = outputs.items()
-    return {'predictions': [_value_to_json(alias, row) for row in value]}
-  return {'predictions': [{k: _value_to_json(k, v[i]) for k, v in outputs.items()}
-                          for i in range(batch)]}
-
-
-# ---------------------------------------------------------------- handlers
 def _model_spec(name: str, version: str, label: str) -> model_pb2.ModelSpec:
   spec = model_pb2.ModelSpec(name=urllib.parse.unquote(name))
   if version:
+    if len(version) > 18:
+      raise invalid(f'Malformed request: version {version[:20]}... is not an int64')
     spec.version.value = int(version)
   if label:
     spec.version_label = urllib.parse.unquote(label)
   return spec
 
 
-def handle(manager: ModelManager, method: str, path: str, body: bytes) -> Tuple[int, Dict[str, Any]]:
-  """One REST request -> (HTTP status, JSON object). Never raises."""
-  try:
-    return 200, _dispatch(manager, method, path, body)
-  except ServingError as e:
-    return HTTP_CODE.get(e.code, 500), {'error': e.message}
-  except Exception as e:  # a bug must answer 500, not kill the connection
-    log.exception('REST request %s %s failed', method, path)
-    return 500, {'error': f'Internal error: {e}'}
+def _as_dict(message) -> Dict[str, Any]:
+  return json.loads(json_format.MessageToJson(
+      message, including_default_value_fields=True, preserving_proto_field_name=True))
 
 
-def _dispatch(manager: ModelManager, method: str, path: str, body: bytes) -> Dict[str, Any]:
-  if method == 'POST':
-    m = _PREDICT_PATH.fullmatch(path)
-    if m:
-      spec = _model_spec(*m.group(1, 2, 3))
-      if m.group(4).lower() != 'predict':
-        raise ServingError(grpc.StatusCode.UNIMPLEMENTED,
-                           f'{m.group(4).lower()} is not supported by this server: char_rnn '
-                           'models have no classification/regression signatures; use :predict')
-      return _predict(manager, spec, body)
-  elif method == 'GET':
-    m = _STATUS_PATH.fullmatch(path)
-    if m:
-      if not m.group(1):
-        raise _bad('Missing model name in request.')
-      spec = _model_spec(*m.group(1, 2, 3))
-      if m.group(4):
-        return _metadata(manager, spec)
-      response = get_model_status_pb2.GetModelStatusResponse(
-          model_version_status=manager.status(spec))
-      return json.loads(json_format.MessageToJson(response, including_default_value_fields=True))
-  raise _bad(f'Malformed request: {method} {path}')
+# ------------------------------------------------------------------ the two request kinds
+def status_or_metadata(service: Service, path: str) -> Dict[str, Any]:
+  """GET /v1/models/...: GetModelStatus or GetModelMetadata through the request layer."""
+  m = _STATUS_PATH.fullmatch(path)
+  if not m:
+    raise invalid(f'Malformed request: GET {path[:200]}')
+  if not m.group(1):
+    raise invalid('Missing model name in request.')
+  spec = _model_spec(*m.group(1, 2, 3))
+  if m.group(4):
+    request = get_model_metadata_pb2.GetModelMetadataRequest(
+        model_spec=spec, metadata_field=['signature_def'])
+    response = service.get_model_metadata(request)
+    signatures = get_model_metadata_pb2.SignatureDefMap()
+    response.metadata['signature_def'].Unpack(signatures)
+    return {'model_spec': _as_dict(response.model_spec),
+            'metadata': {'signature_def': _as_dict(signatures)}}
+  response = service.get_model_status(get_model_status_pb2.GetModelStatusRequest(model_spec=spec))
+  return json.loads(json_format.MessageToJson(response, including_default_value_fields=True))
 
 
-def _predict(manager: ModelManager, spec, body: bytes) -> Dict[str, Any]:
-  request = _parse_json(body)
-  servable = manager.servable(spec)
-  name = _signature_name(request) or predict.DEFAULT_SIGNATURE
-  if name not in servable.signature_defs:
-    raise _bad(f'Serving signature name: "{name}" not found in signature def')
-  inputs, fmt = _inputs_from_json(request, servable.signature_defs[name].inputs)
-  _, outputs = predict.run(servable, name, inputs)
-  return outputs_to_json(outputs, fmt)
+def predict_path(path: str) -> model_pb2.ModelSpec:
+  m = _PREDICT_PATH.fullmatch(path)
+  if not m:
+    raise invalid(f'Malformed request: POST {path[:200]}')
+  spec = _model_spec(*m.group(1, 2, 3))
+  if m.group(4).lower() != 'predict':
+    raise RequestError(grpc.StatusCode.UNIMPLEMENTED,
+                       f'{m.group(4).lower()} is not supported by this server: char_rnn '
+                       'models have no classification/regression signatures; use :predict')
+  return spec
 
 
-def _metadata(manager: ModelManager, spec) -> Dict[str, Any]:
-  servable = manager.servable(spec)
-  used = model_pb2.ModelSpec(name=servable.name)
-  used.version.value = servable.version
-  signatures = get_model_metadata_pb2.SignatureDefMap()
-  for k, v in servable.signature_defs.items():
-    signatures.signature_def[k].CopyFrom(v)
+def predict(service: Service, spec: model_pb2.ModelSpec, body: bytes, call: Call, ticket
+            ) -> Dict[str, Any]:
+  """A :predict body -> PredictRequest -> the request layer -> JSON (runs on the executor)."""
+  with ticket:
+    request_json = json_codec.decode_body(body)
+    servable = service.manager.servable(spec)
+    name = json_codec._signature_name(request_json) or 'serving_default'
+    if name not in servable.signature_defs:
+      raise invalid(f'Serving signature name: "{name}" not found in signature def')
+    dtypes = {k: v.dtype for k, v in servable.signature_defs[name].inputs.items()}
+    request, fmt = json_codec.predict_request(request_json, spec, name, dtypes, service.limits)
+    del request_json, body
+    _, _, outputs = service.predict(request, call, ticket=ticket, servable=servable)
+    return json_codec.outputs_to_json(outputs, fmt)
 
-  def as_dict(message):
-    return json.loads(json_format.MessageToJson(
-        message, including_default_value_fields=True, preserving_proto_field_name=True))
-  return {'model_spec': as_dict(used), 'metadata': {'signature_def': as_dict(signatures)}}
 
+# ------------------------------------------------------------------ tornado handlers
+class _JsonHandler(tornado.web.RequestHandler):
+  """JSON errors (never tornado's HTML page) and a request id on every answer."""
 
-# ---------------------------------------------------------------- HTTP server
-class _Handler(http.server.BaseHTTPRequestHandler):
-  manager: ModelManager = None   # set per server class
-  protocol_version = 'HTTP/1.1'
+  def initialize(self, rest: 'RestServer'):
+    self.rest = rest
+    self.call = Call()
+    self.set_header('X-Request-Id', self.call.request_id)
 
-  def _serve(self, method: str) -> None:
-    length = int(self.headers.get('Content-Length') or 0)
-    body = self.rfile.read(length) if length else b''
-    path = urllib.parse.urlsplit(self.path).path
-    if not re.fullmatch(r'(?i)/v1/.*', path):
-      status, payload = 404, {'error': f'Not found: {path}'}
+  def answer(self, status: int, payload: Dict[str, Any]) -> None:
+    if self._finished:
+      return
+    self.set_status(status)
+    self.set_header('Content-Type', 'application/json')
+    self.finish(json.dumps(payload, indent=1))
+
+  def fail(self, e: RequestError) -> None:
+    self.answer(HTTP_CODE.get(e.code, 500), {'error': e.message})
+
+  def write_error(self, status_code: int, **kwargs) -> None:
+    exc = kwargs.get('exc_info', (None, None, None))[1]
+    if isinstance(exc, tornado.web.HTTPError) and status_code == 405:
+      message = f'Method {self.request.method} is not allowed (GET or POST)'
+    elif isinstance(exc, tornado.web.HTTPError):
+      message = exc.log_message or self._reason
     else:
-      status, payload = handle(self.manager, method, path, body)
-    data = json.dumps(payload, indent=1).encode('utf-8')
-    self.send_response(status)
-    self.send_header('Content-Type', 'application/json')
-    self.send_header('Content-Length', str(len(data)))
-    self.end_headers()
-    self.wfile.write(data)
+      log.error('REST %s %s failed (request id %s)', self.request.method,
+                self.request.path[:200], self.call.request_id, exc_info=kwargs.get('exc_info'))
+      message = internal_error(self.call).message
+    self.set_header('Content-Type', 'application/json')
+    self.finish(json.dumps({'error': message}))
 
-  def do_GET(self):  # noqa: N802 (http.server's naming)
-    self._serve('GET')
+  def log_exception(self, typ, value, tb):
+    if not isinstance(value, tornado.web.HTTPError):
+      super().log_exception(typ, value, tb)
 
-  def do_POST(self):  # noqa: N802
-    self._serve('POST')
 
-  def log_message(self, fmt, *args):
-    log.debug('REST %s - %s', self.address_string(), fmt % args)
+class NotFoundHandler(_JsonHandler):
+  SUPPORTED_METHODS = ('GET', 'POST', 'HEAD', 'PUT', 'DELETE', 'PATCH', 'OPTIONS')
+
+  def prepare(self):
+    self.answer(404, {'error': f'Not found: {self.request.path[:200]}'})
+
+
+@tornado.web.stream_request_body
+class V1Handler(_JsonHandler):
+  """/v1/...: the body is counted as it streams in, then GET or POST runs."""
+
+  SUPPORTED_METHODS = ('GET', 'POST', 'HEAD', 'PUT', 'DELETE', 'PATCH', 'OPTIONS')
+
+  def prepare(self):
+    if self.request.method not in ('GET', 'POST'):
+      raise tornado.web.HTTPError(405)
+    limit = self.rest.service.limits.max_request_bytes
+    self._chunks, self._received, self._over = [], 0, False
+    length = self.request.headers.get('Content-Length')
+    if length is not None:
+      if not re.fullmatch(r'[0-9]{1,18}', length.strip()):
+        self.set_header('Connection', 'close')
+        return self.answer(400, {'error': 'Content-Length must be a non-negative integer'})
+      if int(length) > limit:
+        self.set_header('Connection', 'close')
+        return self.answer(413, {'error': f'Request body of {int(length)} bytes is over the '
+                                          f'limit of {limit} bytes (--max_request_bytes)'})
+
+  def data_received(self, chunk: bytes) -> None:
+    if self._finished or self._over:
+      return
+    self._received += len(chunk)
+    limit = self.rest.service.limits.max_request_bytes
+    if self._received > limit:
+      self._over, self._chunks = True, []
+      self.set_header('Connection', 'close')
+      self.answer(413, {'error': f'Request body is over the limit of {limit} bytes '
+                                 '(--max_request_bytes)'})
+      return
+    self._chunks.append(chunk)
+
+  def get(self):
+    if self._finished:
+      return
+    try:
+      self.answer(200, status_or_metadata(self.rest.service, self.request.path))
+    except RequestError as e:
+      self.fail(e)
+
+  async def post(self):
+    if self._finished:
+      return
+    try:
+      spec = predict_path(self.request.path)
+      ticket = self.rest.service.admission.admit()   # full: 429 at once, nothing queued
+    except RequestError as e:
+      return self.fail(e)
+    body, self._chunks = b''.join(self._chunks), []
+    self.call.deadline = Call.from_timeout(self.rest.options.request_timeout).deadline
+    try:
+      payload = await tornado.ioloop.IOLoop.current().run_in_executor(
+          self.rest.executor, predict, self.rest.service, spec, body, self.call, ticket)
+    except RequestError as e:
+      return self.fail(e)
+    except Exception:
+      ticket.release()
+      raise
+    self.answer(200, payload)
+
+  def on_connection_close(self):
+    self.call.cancel()   # the client went away: stop its run
+
+
+class _HTTPServer(tornado.httpserver.HTTPServer):
+  """tornado's HTTPServer with a cap on open connections."""
+
+  def initialize(self, *args, max_connections: int = 1024, **kwargs):
+    self.max_connections = max_connections
+    super().initialize(*args, **kwargs)
+
+  def handle_stream(self, stream, address):
+    if len(self._connections) >= self.max_connections:
+      stream.close()
+      return
+    super().handle_stream(stream, address)
+
+
+def ssl_context(ssl_config) -> ssl.SSLContext:
+  """The gRPC SSLConfig as a server SSLContext (same key, certificate, CA, client_verify)."""
+  context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+  with tempfile.TemporaryDirectory() as tmp:   # load_cert_chain reads files only
+    cert, key = os.path.join(tmp, 'cert.pem'), os.path.join(tmp, 'key.pem')
+    for path, text in ((cert, ssl_config.server_cert), (key, ssl_config.server_key)):
+      with open(os.open(path, os.O_WRONLY | os.O_CREAT, 0o600), 'w') as f:
+        f.write(text)
+    context.load_cert_chain(cert, key)
+  if ssl_config.custom_ca:
+    context.load_verify_locations(cadata=ssl_config.custom_ca)
+  if ssl_config.client_verify:
+    context.verify_mode = ssl.CERT_REQUIRED
+  return context
 
 
 class RestServer:
-  """A threaded HTTP server (one thread per connection) answering /v1/ paths."""
+  """tornado on its own event-loop thread; predict work on a bounded executor."""
 
-  def __init__(self, manager: ModelManager, host: str, port: int):
-    handler = type('Handler', (_Handler,), {'manager': manager})
-    self._httpd = http.server.ThreadingHTTPServer((host, port), handler)
-    self._httpd.daemon_threads = True
-    self.port = self._httpd.server_address[1]
-    self._thread = threading.Thread(target=self._httpd.serve_forever, name='rest', daemon=True)
+  def __init__(self, service: Service, host: str, port: int, *, ssl_config=None,
+               options: Optional[RestOptions] = None):
+    self.service = service
+    self.options = options or RestOptions()
+    self.executor = concurrent.futures.ThreadPoolExecutor(
+        max_workers=service.admission.capacity, thread_name_prefix='rest')
+    self._ssl = ssl_context(ssl_config) if ssl_config is not None else None
+    self._sockets = tornado.netutil.bind_sockets(port, address=host)
+    self.port = self._sockets[0].getsockname()[1]
+    self._loop = None
+    self._server = None
+    self._started = threading.Event()
+    self._thread = threading.Thread(target=self._run, name='rest', daemon=True)
+
+  def _application(self) -> tornado.web.Application:
+    handlers = []
+    try:   # the browser playground, when its module is there
+      from serving import playground
+      handlers.extend(playground.routes(self.service.manager))
+    except ImportError:
+      log.info('serving.playground not importable: REST serves /v1/ only')
+    handlers.append((r'/v1/.*', V1Handler, {'rest': self}))
+    return tornado.web.Application(handlers, default_handler_class=NotFoundHandler,
+                                   default_handler_args={'rest': self})
+
+  def _run(self) -> None:
+    asyncio.set_event_loop(asyncio.new_event_loop())
+    self._loop = tornado.ioloop.IOLoop.current()
+    limit = self.service.limits.max_request_bytes
+    self._server = _HTTPServer(
+        self._application(), ssl_options=self._ssl, max_connections=self.options.max_connections,
+        max_body_size=limit, max_buffer_size=limit + 2**16,
+        body_timeout=self.options.body_timeout,
+        idle_connection_timeout=self.options.idle_timeout, xheaders=False)
+    self._server.add_sockets(self._sockets)
+    self._started.set()
+    self._loop.start()
 
   def start(self) -> None:
     self._thread.start()
+    self._started.wait(30)
 
   def stop(self) -> None:
-    self._httpd.shutdown()
-    self._httpd.server_close()
+    if self._loop is None:
+      return
+
+    async def shutdown():
+      self._server.stop()
+      try:
+        await asyncio.wait_for(self._server.close_all_connections(), 2)
+      except asyncio.TimeoutError:
+        pass
+      self._loop.stop()
+
+    self._loop.add_callback(shutdown)
+    self._thread.join(timeout=10)
+    self.executor.shutdown(wait=False, cancel_futures=True)

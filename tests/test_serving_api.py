@@ -23,6 +23,7 @@ from tensorflow_serving.apis import (classification_pb2, get_model_metadata_pb2,
                                      prediction_service_pb2_grpc, regression_pb2)
 from tensorflow_serving.config import model_server_config_pb2
 
+from serving import cli
 from serving import client as client_lib
 from serving import protos
 from serving.client import Client
@@ -384,7 +385,8 @@ def test_reload_config_adds_and_removes_models_before_answering(tmp_path):
   first, second = str(tmp_path / 'a'), str(tmp_path / 'b')
   push(first, 1)
   push(second, 5)
-  with serve(base_path=first) as s, Client(f'127.0.0.1:{s.grpc_port}', 'other') as other:
+  with serve(base_path=first, reload_roots=[str(tmp_path)]) as s, \
+      Client(f'127.0.0.1:{s.grpc_port}', 'other') as other:
     models = model_service_pb2_grpc.ModelServiceStub(grpc.insecure_channel(f'127.0.0.1:{s.grpc_port}'))
     request = model_management_pb2.ReloadConfigRequest()
     for name, base in (('char_rnn', first), ('other', second)):
@@ -453,7 +455,7 @@ def test_mutual_tls_round_trip_with_an_ssl_config_file(tmp_path):
     # The CLI reads the same material from files.
     args = ['status', f'--target={target}', f'--root-cert={tmp_path / "ca.pem"}',
             f'--client-cert={tmp_path / "client.pem"}', f'--client-key={tmp_path / "client.key"}']
-    assert client_lib.main(args) == 0
+    assert cli.main(args) == 0
     with Client(target, root_certificates=pem['ca.pem'], retries=0, timeout=5) as c:
       with pytest.raises(client_lib.ServingError):   # no client certificate
         c.status()
@@ -464,29 +466,29 @@ def test_mutual_tls_round_trip_with_an_ssl_config_file(tmp_path):
 
 # ------------------------------------------------------------------ CLI
 def test_cli_generate_prints_prompt_and_continuation(target, capsys):
-  assert client_lib.main(['generate', f'--target={target}', '--prompt=ROMEO:',
+  assert cli.main(['generate', f'--target={target}', '--prompt=ROMEO:',
                           '--num-chars=80', '--seed=4']) == 0
   out = capsys.readouterr().out
   assert out.startswith('ROMEO:') and len(out.rstrip('\n')) >= len('ROMEO:') + 70
 
 
 def test_cli_stream_score_metadata_and_status(target, capsys):
-  assert client_lib.main(['stream', f'--target={target}', '--num-chars=15']) == 0
+  assert cli.main(['stream', f'--target={target}', '--num-chars=15']) == 0
   assert capsys.readouterr().out.startswith('ROMEO:')
-  assert client_lib.main(['score', f'--target={target}', '--text=To be, or not to be']) == 0
+  assert cli.main(['score', f'--target={target}', '--text=To be, or not to be']) == 0
   assert 'bits/char' in capsys.readouterr().out
-  assert client_lib.main(['metadata', f'--target={target}']) == 0
+  assert cli.main(['metadata', f'--target={target}']) == 0
   assert 'state size 16' in capsys.readouterr().out
-  assert client_lib.main(['status', f'--target={target}', '--label=stable']) == 0
+  assert cli.main(['status', f'--target={target}', '--label=stable']) == 0
   assert 'version 1: AVAILABLE' in capsys.readouterr().out
 
 
 def test_cli_errors_are_one_line_with_a_hint_and_no_traceback(target, capsys):
-  assert client_lib.main(['generate', f'--target={target}', '--model=nope']) == 1
+  assert cli.main(['generate', f'--target={target}', '--model=nope']) == 1
   err = capsys.readouterr().err
   assert err.startswith('error: NOT_FOUND: Servable not found for request: Latest(nope)')
   assert 'hint:' in err and 'Traceback' not in err
-  assert client_lib.main(['generate', f'--target={target}', '--temperature=-1']) == 1
+  assert cli.main(['generate', f'--target={target}', '--temperature=-1']) == 1
   assert capsys.readouterr().err.startswith('error: INVALID_ARGUMENT:')
-  assert client_lib.main(['status', f'--target=127.0.0.1:{free_port()}', '--retries=0']) == 1
+  assert cli.main(['status', f'--target=127.0.0.1:{free_port()}', '--retries=0']) == 1
   assert 'error: UNAVAILABLE' in capsys.readouterr().err
