@@ -60,7 +60,8 @@ def setup(tmp_path_factory):
   return tmp, examples, vocab_dir, good, bad, losses
 
 
-def _gate(tmp, examples, vocab_dir, model, baseline, max_eval_loss, tolerance, name):
+def _gate(tmp, examples, vocab_dir, model, baseline, max_eval_loss, tolerance, name,
+          max_eval_loss_ratio=None):
   blessing = _artifact(standard_artifacts.ModelBlessing, tmp / name)
   os.makedirs(blessing.uri)
   inputs = {'model': [model],
@@ -70,9 +71,15 @@ def _gate(tmp, examples, vocab_dir, model, baseline, max_eval_loss, tolerance, n
     inputs['baseline_model'] = [baseline]
   evaluation_gate.Executor().Do(inputs, {'blessing': [blessing]},
                                 {'max_eval_loss': max_eval_loss,
+                                 'max_eval_loss_ratio': max_eval_loss_ratio,
                                  'regression_tolerance': tolerance, 'max_eval_windows': 0})
   with open(os.path.join(blessing.uri, 'evaluation.json')) as f:
-    return blessing, json.load(f)
+    # Strict JSON: a NaN loss must not be written as the non-standard `NaN`.
+    return blessing, json.loads(f.read(), parse_constant=_no_constants)
+
+
+def _no_constants(name):
+  raise AssertionError(f'evaluation.json holds {name}, which is not JSON')
 
 
 def test_eval_loss_is_the_mean_negative_log_likelihood_per_character(setup):
@@ -115,3 +122,114 @@ def test_candidate_worse_than_blessed_baseline_beyond_tolerance_is_not_blessed(s
   blessing, _ = _gate(tmp, examples, vocab_dir, bad, good, 100.0,
                       losses[bad.id] - losses[good.id] + 0.01, 'b4')
   assert blessing.get_int_custom_property('blessed') == 1
+
+
+def _nan_model(tmp_path, name, artifact_id):
+  """A diverged model: its weights are NaN, so every log-likelihood is NaN."""
+  tf.keras.utils.set_random_seed(artifact_id)
+  keras_model = build_keras_model(len(VOCAB), **CFG)
+  keras_model.set_weights([np.full(w.shape, np.nan, w.dtype) for w in keras_model.get_weights()])
+  uri = tmp_path / name
+  export_serving_model(keras_model, VOCAB.tokens, CFG, 100, str(uri / 'Format-Serving'))
+  return _artifact(standard_artifacts.Model, uri, artifact_id)
+
+
+@pytest.fixture(scope='module')
+def diverged(setup):
+  tmp = setup[0]
+  return _nan_model(tmp, 'nan', 3)
+
+
+def test_a_diverged_candidate_is_refused_with_the_reason(setup, diverged, caplog):
+  tmp, examples, vocab_dir, *_ = setup
+  texts = evaluation_gate.eval_texts(str(examples), VOCAB)
+  assert math.isnan(evaluation_gate.eval_loss(os.path.join(diverged.uri, 'Format-Serving'),
+                                              texts))
+  # No threshold and no baseline: before, every `>` with NaN was False and it passed.
+  with caplog.at_level('INFO', logger='absl'):
+    blessing, result = _gate(tmp, examples, vocab_dir, diverged, None, None, 0.0, 'n1',
+                             max_eval_loss_ratio=100.0)
+  assert blessing.get_int_custom_property('blessed') == 0
+  assert os.path.exists(os.path.join(blessing.uri, 'NOT_BLESSED'))
+  assert result['eval_loss'] is None and result['eval_loss_finite'] is False
+  assert result['reasons'] == ['eval loss is NaN: the model diverged']
+  assert 'eval loss is NaN: the model diverged' in caplog.text
+
+
+def test_a_diverged_candidate_is_refused_even_against_a_baseline(setup, diverged):
+  tmp, examples, vocab_dir, good, *_ = setup
+  blessing, result = _gate(tmp, examples, vocab_dir, diverged, good, 100.0, 100.0, 'n2')
+  assert blessing.get_int_custom_property('blessed') == 0
+  assert any('diverged' in r for r in result['reasons'])
+
+
+def test_a_nan_baseline_counts_as_no_baseline(setup, diverged, caplog):
+  tmp, examples, vocab_dir, good, _, losses = setup
+  with caplog.at_level('WARNING', logger='absl'):
+    blessing, result = _gate(tmp, examples, vocab_dir, good, diverged,
+                             losses[good.id] + 0.01, 0.0, 'n3')
+  # Judged on the threshold alone: a NaN baseline would otherwise make it pass
+  # (or fail) by accident.
+  assert blessing.get_int_custom_property('blessed') == 1
+  assert 'baseline_eval_loss' not in result and result['baseline_ignored'] == diverged.uri
+  assert not blessing.has_custom_property('baseline_model_id')
+  assert 'NaN eval loss' in caplog.text
+
+
+def test_an_unreadable_baseline_counts_as_no_baseline(setup, caplog):
+  tmp, examples, vocab_dir, good, _, losses = setup
+  broken = tmp / 'broken' / 'Format-Serving'
+  broken.mkdir(parents=True)
+  with open(os.path.join(good.uri, 'Format-Serving', 'saved_model.pb'), 'rb') as f:
+    pb = f.read()
+  (broken / 'saved_model.pb').write_bytes(pb[:len(pb) // 3])
+  baseline = _artifact(standard_artifacts.Model, tmp / 'broken', 4)
+  with caplog.at_level('WARNING', logger='absl'):
+    blessing, result = _gate(tmp, examples, vocab_dir, good, baseline,
+                             losses[good.id] + 0.01, 0.0, 'n4')
+  assert blessing.get_int_custom_property('blessed') == 1
+  assert result['baseline_ignored'] == baseline.uri
+  assert 'cannot be scored' in caplog.text
+
+
+def test_unigram_entropy_is_that_of_the_scored_characters(setup):
+  _, examples, *_ = setup
+  texts = evaluation_gate.eval_texts(str(examples), VOCAB)
+  scored = ''.join(t[1:] for t in texts)
+  _, counts = np.unique(list(scored), return_counts=True)
+  p = counts / counts.sum()
+  assert evaluation_gate.unigram_entropy(texts) == pytest.approx(-(p * np.log(p)).sum())
+  # Uniform over k characters: ln k.
+  assert evaluation_gate.unigram_entropy(['xabcd', 'xdcba']) == pytest.approx(math.log(4))
+
+
+def test_ratio_threshold_is_relative_to_the_eval_texts_unigram_entropy(setup):
+  tmp, examples, vocab_dir, good, _, losses = setup
+  entropy = evaluation_gate.unigram_entropy(evaluation_gate.eval_texts(str(examples), VOCAB))
+  ratio = losses[good.id] / entropy
+  blessing, result = _gate(tmp, examples, vocab_dir, good, None, None, 0.0, 'r1',
+                           max_eval_loss_ratio=ratio * 1.01)
+  assert blessing.get_int_custom_property('blessed') == 1
+  assert result['unigram_entropy'] == pytest.approx(entropy)
+  assert result['max_eval_loss_ratio'] == pytest.approx(ratio * 1.01)
+  assert result['ratio_threshold'] == pytest.approx(ratio * 1.01 * entropy)
+  assert result['max_eval_loss'] is None
+  assert result['eval_loss_over_entropy'] == pytest.approx(ratio)
+  blessing, result = _gate(tmp, examples, vocab_dir, good, None, None, 0.0, 'r2',
+                           max_eval_loss_ratio=ratio * 0.99)
+  assert blessing.get_int_custom_property('blessed') == 0
+  assert 'unigram entropy' in result['reasons'][0]
+  # Both thresholds apply when both are set: the absolute cap still refuses.
+  blessing, result = _gate(tmp, examples, vocab_dir, good, None, losses[good.id] - 0.01, 0.0,
+                           'r3', max_eval_loss_ratio=ratio * 1.01)
+  assert blessing.get_int_custom_property('blessed') == 0
+  assert result['reasons'] == [f'eval loss {losses[good.id]:.4f} > threshold '
+                               f'{losses[good.id] - 0.01} (max_eval_loss)']
+
+
+def test_no_threshold_set_judges_on_finiteness_and_baseline_only(setup):
+  tmp, examples, vocab_dir, good, bad, losses = setup
+  blessing, result = _gate(tmp, examples, vocab_dir, bad, None, 0, 0.0, 'r4',
+                           max_eval_loss_ratio=0)
+  assert blessing.get_int_custom_property('blessed') == 1, result['reasons']
+  assert result['max_eval_loss'] is None and result['ratio_threshold'] is None
