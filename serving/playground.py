@@ -28,7 +28,7 @@ from typing import Any, Dict, List
 import tornado.web
 from tensorflow_serving.apis import model_pb2
 
-from serving.models import ModelManager, ServingError
+from serving.models import ModelManager, RequestError
 
 log = logging.getLogger('serving')
 
@@ -92,7 +92,7 @@ class InfoHandler(tornado.web.RequestHandler):
     self.set_header('Cache-Control', 'no-store')
     try:
       body = model_info(self.manager, name)
-    except ServingError as e:
+    except RequestError as e:
       self.set_status(HTTP_CODE.get(e.code, 500))
       body = {'error': e.message}
     self.finish(json.dumps(body))
