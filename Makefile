@@ -26,7 +26,8 @@ export TF_CPP_MIN_LOG_LEVEL := 1
 
 SERVING_BASE := $(OUTPUT_DIR)/serving_model/char_rnn
 
-.PHONY: install run pipeline serve generate test image kubeflow-compile kubeflow-schedule lock clean
+.PHONY: install run pipeline serve generate test image kubeflow-compile kubeflow-schedule lock clean \
+	status rollback rollforward tensorboard
 
 $(VENV)/.installed: requirements.lock setup.py .python-version
 	test -x $(PY) || $(PYTHON_BOOTSTRAP) -m venv $(VENV)
@@ -40,6 +41,7 @@ install: $(VENV)/.installed
 run: install
 	$(PY) -m pipeline.local_runner
 	bash scripts/serve_and_generate.sh "$(SERVING_BASE)" "$(PROMPT)" $(NUM_CHARS)
+	@echo "Run report: $$($(PY) -m pipeline.report --path)"
 
 ## Only the pipeline (what `tfx run create --engine=local` runs).
 pipeline: install
@@ -49,6 +51,25 @@ pipeline: install
 serve: install
 	$(PY) -m serving.server --port=$(GRPC_PORT) --rest_api_port=$(REST_PORT) \
 	  --model_name=char_rnn --model_base_path=$(SERVING_BASE)
+
+## Every run (ML Metadata + the serving dir): corpus, preset, eval loss, gate, pushed, served.
+status: install
+	$(PY) -m pipeline.status
+
+## Serve an earlier blessed version: newer versions move aside (recorded, reversible).
+rollback: install
+	@test -n "$(VERSION)" || { echo "usage: make rollback VERSION=<version> (make status lists them)"; exit 2; }
+	$(PY) -m pipeline.rollback --version=$(VERSION)
+
+## Undo the last rollback: the versions moved aside come back.
+rollforward: install
+	$(PY) -m pipeline.rollback --undo
+
+## TensorBoard on the newest run's training logs (RUN=<run id> for another).
+TB_PORT ?= 6006
+tensorboard: install
+	logdir=$$($(PY) -m pipeline.report --logdir $(if $(RUN),--run-id=$(RUN))) && \
+	  $(PY) -m tensorboard.main --logdir="$$logdir" --host=127.0.0.1 --port=$(TB_PORT)
 
 ## Ask a running server (make serve) for text.
 generate: install

@@ -4,10 +4,20 @@
   tfx run create --engine=local --pipeline_name=char-rnn
 or simply `python -m pipeline.local_runner` (what `make run` does). The corpus,
 preset and output directory come from configs.py's environment variables.
+
+What the user sees at the end (`main`):
+* success: the run report's path (pipeline/report.py: HTML + plots of the run);
+* failure: ONE plain line naming the component and the error, e.g.
+  `CorpusIngest failed: CorpusError: /x.txt: no such file (traceback in <log>)`,
+  exit status 1. The full log of the run, traceback included, is in
+  <output_dir>/logs/<time>.log, whose path the line names.
 """
 
+import datetime
+import logging as std_logging
 import os
 import sys
+import traceback
 from typing import List, Optional
 
 # `tfx pipeline create --pipeline_path=pipeline/local_runner.py` executes this
@@ -20,6 +30,8 @@ from tfx import v1 as tfx
 
 from pipeline import configs
 from pipeline import pipeline as pipeline_lib
+
+LOGS_DIRNAME = 'logs'
 
 
 def build(output_dir: str = configs.OUTPUT_DIR, preset_name: Optional[str] = None,
@@ -44,6 +56,90 @@ def run() -> None:
   tfx.orchestration.LocalDagRunner().run(build())
 
 
-if __name__ == '__main__':
+# ------------------------------------------------------------------ what the user sees
+def root_cause(error: BaseException) -> BaseException:
+  """The innermost exception of a chain: the CorpusError inside TFX's wrappers."""
+  seen = set()
+  while id(error) not in seen:
+    seen.add(id(error))
+    inner = error.__cause__ or (None if error.__suppress_context__ else error.__context__)
+    if inner is None:
+      break
+    error = inner
+  return error
+
+
+def failed_component(metadata_path: str, error: BaseException) -> str:
+  """The component whose execution failed (ML Metadata), else what the traceback says."""
+  try:
+    from pipeline import runs
+    run = runs.read_run(runs.open_store(metadata_path))
+    if run.failed_component:
+      return run.failed_component
+    running = [c.name for c in run.components if c.state in ('running', 'new')]
+    if running:
+      return running[-1]
+  except Exception:  # pylint: disable=broad-except
+    pass   # no store yet (e.g. the pipeline could not even be built)
+  frames = traceback.extract_tb(error.__traceback__)
+  for frame in reversed(frames):
+    parts = frame.filename.replace(os.sep, '/').split('/')
+    if 'components' in parts[:-1]:
+      return os.path.splitext(parts[-1])[0]
+  return 'The pipeline'
+
+
+def failure_line(component: str, error: BaseException, log_path: str) -> str:
+  cause = root_cause(error)
+  message = ' '.join(str(cause).split()) or '(no message)'
+  if len(message) > 300:
+    message = message[:297] + '...'
+  return f'{component} failed: {type(cause).__name__}: {message} (traceback in {log_path})'
+
+
+def _log_to_file(output_dir: str) -> str:
+  """Everything logged during the run (absl and Python logging) also goes to a file."""
+  directory = os.path.join(output_dir, LOGS_DIRNAME)
+  os.makedirs(directory, exist_ok=True)
+  stamp = datetime.datetime.now().strftime('%Y%m%d-%H%M%S')
+  path = os.path.join(directory, f'run-{stamp}-{os.getpid()}.log')
+  handler = std_logging.FileHandler(path, encoding='utf-8')
+  handler.setLevel(std_logging.INFO)
+  handler.setFormatter(std_logging.Formatter('%(asctime)s %(levelname)s %(name)s: %(message)s'))
+  std_logging.getLogger().addHandler(handler)
+  return path
+
+
+def _append(log_path: str, text: str) -> None:
+  for handler in std_logging.getLogger().handlers:
+    handler.flush()
+  with open(log_path, 'a', encoding='utf-8') as f:
+    f.write(text)
+
+
+def main() -> int:
   logging.set_verbosity(logging.INFO)
-  run()
+  output_dir = configs.OUTPUT_DIR
+  log_path = _log_to_file(output_dir)
+  metadata_path = configs.metadata_path(output_dir)
+  try:
+    run()
+  except Exception as error:  # pylint: disable=broad-except
+    _append(log_path, 'The run failed:\n' + traceback.format_exc())   # the file, not the console
+    line = failure_line(failed_component(metadata_path, error), error, log_path)
+    sys.stdout.flush()
+    print(line, file=sys.stderr, flush=True)
+    return 1
+  from pipeline import report
+  try:
+    path = report.write_report(metadata_path, report.reports_dir(output_dir))
+  except Exception:  # pylint: disable=broad-except
+    _append(log_path, 'The report failed:\n' + traceback.format_exc())
+    print(f'The run succeeded; its report could not be written (see {log_path})', flush=True)
+    return 0
+  print(f'Run report: {path}', flush=True)
+  return 0
+
+
+if __name__ == '__main__':
+  sys.exit(main())

@@ -63,6 +63,7 @@ class RunRecord:
   components: List[ComponentRecord]
   outputs: Dict[str, Dict[str, Any]]   # component -> output key -> {'uri', 'properties'}
   trainer_config: Dict[str, Any]
+  _cache: Dict[str, Any] = dataclasses.field(default_factory=dict, repr=False, compare=False)
 
   # ---------------------------------------------------------------- helpers
   @property
@@ -115,6 +116,11 @@ class RunRecord:
 
   def history(self) -> Dict[str, Any]:
     """history.json from the ModelRun dir, else what TensorBoard and metrics.json hold."""
+    if '_history' not in self._cache:
+      self._cache['_history'] = self._read_history()
+    return self._cache['_history']
+
+  def _read_history(self) -> Dict[str, Any]:
     run_dir = self.model_run_dir()
     if run_dir:
       data = _read_json(os.path.join(run_dir, HISTORY_FILE))
@@ -256,14 +262,14 @@ def preset_name(trainer_config: Dict[str, Any]) -> str:
 # -------------------------------------------------------------------- TensorBoard fallback
 def _events(directory: str):
   """(step, tag, value) of every scalar or text summary in a TensorBoard run directory."""
-  import tensorflow as tf
+  from tensorboard.backend.event_processing import event_file_loader
+  from tensorboard.util import tensor_util
   out = []
   for path in sorted(glob.glob(os.path.join(directory, 'events.out.tfevents.*'))):
-    for record in tf.data.TFRecordDataset(path):
-      event = tf.compat.v1.Event.FromString(record.numpy())
+    for event in event_file_loader.LegacyEventFileLoader(path).Load():
       for value in event.summary.value:
         if value.HasField('tensor'):
-          array = tf.make_ndarray(value.tensor)
+          array = tensor_util.make_ndarray(value.tensor)
           if array.dtype == object:
             item = array.reshape(-1)[0] if array.size else b''
             out.append((event.step, value.tag,
