@@ -1,0 +1,120 @@
+"""Unicode normalisation of text that arrives in pieces: the pieces' result equals the whole's.
+
+CorpusIngest reads a corpus in 4 MiB reads and, to ingest in parallel, in byte
+ranges of one file. `unicodedata.normalize` of two pieces concatenated differs
+from the normalisation of the whole when a composition straddles the cut: not
+only a letter and the combining marks after it (e + U+0301 -> é), but also
+pairs of *starters* (canonical combining class 0): Hangul jamo (U+1100 U+1161
+U+11A8 -> U+AC01) and Indic vowel signs (U+0B47 U+0B3E -> U+0B4B).
+
+The rule (UAX #15, "Detecting Normalization Forms" / safe points): the text
+may be cut before a character C when nothing before C can interact with C or
+anything after it. That holds when C
+
+* has canonical combining class 0 (canonical reordering never crosses it),
+* is unchanged by the normalisation form on its own (Quick_Check != No: its
+  decomposition, if any, starts with a starter and it is not excluded), and
+* is never the second character of a primary composition (Quick_Check !=
+  Maybe: nothing before it can compose with it), which covers Hangul medial
+  vowels and final consonants and the Indic/Sinhala/Balinese length marks.
+
+Such a C is a *boundary*. `boundary_before(c, form)` answers for one
+character; `StreamNormalizer` holds back everything from the last boundary of
+what it has seen (and a trailing CR, so CRLF -> LF works across reads) until
+more text or the end arrives. The same test picks where CorpusIngest may cut
+a file into byte ranges.
+"""
+
+import functools
+import unicodedata
+from typing import FrozenSet
+
+FORMS = ('NFC', 'NFD', 'NFKC', 'NFKD')
+# Hangul's compositions are algorithmic (no decomposition entry): L+V -> LV, LV+T -> LVT.
+_HANGUL_V = range(0x1161, 0x1175 + 1)
+_HANGUL_T = range(0x11A8, 0x11C2 + 1)
+
+
+class NoBoundaryError(ValueError):
+  """More than `max_carry` characters arrived without a point where the text may be cut."""
+
+
+def check_form(form: str) -> str:
+  if form and form not in FORMS:
+    raise ValueError(f'unknown Unicode normalisation {form!r}: one of {", ".join(FORMS)} or ""')
+  return form
+
+
+@functools.lru_cache(maxsize=None)
+def composition_seconds() -> FrozenSet[str]:
+  """Characters that are the second of some primary composite (NFC_Quick_Check = Maybe)."""
+  seconds = {chr(c) for c in _HANGUL_V} | {chr(c) for c in _HANGUL_T}
+  for cp in range(0x110000):
+    decomposition = unicodedata.decomposition(chr(cp))
+    if not decomposition or decomposition.startswith('<'):
+      continue
+    parts = decomposition.split()
+    if len(parts) == 2:
+      pair = chr(int(parts[0], 16)) + chr(int(parts[1], 16))
+      if unicodedata.normalize('NFC', pair) == chr(cp):   # not a composition exclusion
+        seconds.add(pair[1])
+  return frozenset(seconds)
+
+
+@functools.lru_cache(maxsize=65536)
+def boundary_before(c: str, form: str) -> bool:
+  """True when text may be cut just before `c` without changing its normalisation `form`.
+
+  With no form ('') every character qualifies. Conservative for the
+  decomposing forms (they would also allow composition seconds).
+  """
+  if not form:
+    return True
+  return (unicodedata.combining(c) == 0
+          and unicodedata.normalize(form, c) == c
+          and c not in composition_seconds())
+
+
+def last_boundary(text: str, form: str) -> int:
+  """Index of the last character of `text` before which it may be cut; 0 if none."""
+  for i in range(len(text) - 1, 0, -1):
+    if boundary_before(text[i], form):
+      return i
+  return 0
+
+
+class StreamNormalizer:
+  """feed() pieces in order, then finish(): the outputs joined equal normalising the whole.
+
+  Also turns CRLF into LF, a pair split over two pieces included. What it holds
+  back is the text from the last boundary on, so memory stays bounded by the
+  read size unless the text has no boundary for `max_carry` characters (a
+  pathological run of combining marks), which is an error, not unbounded growth.
+  """
+
+  def __init__(self, form: str, max_carry: int = 1 << 20):
+    self._form = check_form(form)
+    self._max_carry = max_carry
+    self._carry = ''
+
+  def _normalize(self, text: str) -> str:
+    return unicodedata.normalize(self._form, text) if self._form and text else text
+
+  def feed(self, text: str) -> str:
+    text = (self._carry + text).replace('\r\n', '\n')
+    if not text:
+      return ''
+    if text[-1] == '\r':          # maybe the first half of a CRLF
+      cut = len(text) - 1
+    else:
+      cut = last_boundary(text, self._form) if self._form else len(text)
+    if cut == 0 and len(text) > self._max_carry:
+      raise NoBoundaryError(
+          f'{len(text)} characters without a point where {self._form} normalisation '
+          f'may cut the text (e.g. an endless run of combining marks)')
+    self._carry = text[cut:]
+    return self._normalize(text[:cut])
+
+  def finish(self) -> str:
+    text, self._carry = self._carry, ''
+    return self._normalize(text)
