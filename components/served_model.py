@@ -3,7 +3,8 @@
 Spec:
   parameters  serving_model_dir (the Pusher's base: <dir>/<version>/saved_model.pb),
               served_fingerprint (what was there when the pipeline was built)
-  outputs     model: Model (`Format-Serving/` = a copy of the newest complete version;
+  outputs     model: Model (`Format-Serving/` = a copy of the newest complete and
+              loadable version (components.pusher decides which are);
               empty, with served_version 0, when nothing is served yet)
 
 It is the baseline the EvaluationGate must not fall behind and the base a warm
@@ -31,6 +32,7 @@ from tfx.types.component_spec import ChannelParameter, ComponentSpec, ExecutionP
 from tfx.utils import io_utils, path_utils
 
 from components import code_version
+from components import pusher
 
 NOTHING_SERVED = 'nothing-served'
 
@@ -46,20 +48,15 @@ class ServedModelSpec(ComponentSpec):
 
 
 def latest_version_dir(serving_model_dir: str) -> Optional[str]:
-  """The newest numeric version directory that holds a complete SavedModel.
+  """The newest version directory that holds a complete, loadable SavedModel.
 
-  The Pusher writes saved_model.pb last, as TF Serving expects, so a version
-  without it is still being copied and is not served.
+  components.pusher owns the rules: names of ASCII digits only, and a version
+  counts only if its saved_model.pb parses and its variables read back. A
+  version that does not (half-copied by a killed push of TFX's own Pusher, a
+  truncated file) is skipped with one log line, so neither the gate's baseline
+  nor a warm start is ever a broken model, and no later run crashes on it.
   """
-  if not tf.io.gfile.isdir(serving_model_dir):
-    return None
-  versions = sorted((int(d.rstrip('/')) for d in tf.io.gfile.listdir(serving_model_dir)
-                     if d.rstrip('/').isdigit()), reverse=True)
-  for version in versions:
-    path = os.path.join(serving_model_dir, str(version))
-    if tf.io.gfile.exists(os.path.join(path, 'saved_model.pb')):
-      return path
-  return None
+  return pusher.latest_complete_version(serving_model_dir)
 
 
 def served_fingerprint(serving_model_dir: str) -> str:
