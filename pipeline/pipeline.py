@@ -2,8 +2,11 @@
 
   CorpusIngest -> VocabularyGen -> WindowGen -> CharRnnTrainer -> EvaluationGate -> Pusher
                   (Corpus)         (Examples)   (Model)            (ModelBlessing)
-  ServedModel (the newest pushed version) -> EvaluationGate's baseline, and the
-  Trainer's base_model when warm_start is on.
+  ServedModel (the newest complete pushed version) -> EvaluationGate's baseline, and
+  the Trainer's base_model when warm_start is on.
+
+The Pusher is ours (components/pusher.py): TFX's, with a push that makes a
+version visible only when it is complete.
 """
 
 from typing import Any, Dict, List, Optional
@@ -12,6 +15,7 @@ from tfx import v1 as tfx
 
 from components.corpus_ingest import CorpusIngest
 from components.evaluation_gate import EvaluationGate
+from components.pusher import Pusher
 from components.served_model import ServedModel
 from components.trainer import CharRnnTrainer
 from components.vocabulary_gen import VocabularyGen
@@ -57,9 +61,10 @@ def create_pipeline(pipeline_name: str, pipeline_root: str, corpus_sources: List
       vocabulary=vocabulary.outputs['vocabulary'],
       baseline_model=served.outputs['model'],
       max_eval_loss=preset.max_eval_loss,
+      max_eval_loss_ratio=preset.max_eval_loss_ratio,
       regression_tolerance=preset.regression_tolerance)
 
-  pusher = tfx.components.Pusher(
+  pusher = Pusher(
       model=trainer.outputs['model'],
       model_blessing=gate.outputs['blessing'],
       push_destination=tfx.proto.PushDestination(

@@ -45,7 +45,7 @@ EXPECTED_EXECUTORS = {
     'WindowGen': 'components.window_gen.Executor',
     'CharRnnTrainer': 'components.trainer.Executor',
     'EvaluationGate': 'components.evaluation_gate.Executor',
-    'Pusher': 'tfx.components.pusher.executor.Executor',
+    'Pusher': 'components.pusher.Executor',
 }
 UNCACHED = {'CorpusIngest', 'ServedModel'}
 
