@@ -106,7 +106,9 @@ def check_work(inputs: Mapping[str, Tuple[np.ndarray, tf.DType]], limits: Limits
     if dtype == tf.string and array.size:
       longest = max(longest, max(len(v) for v in array.ravel()))
     if array.ndim == 0 and alias == 'num_chars' and dtype.is_integer:
-      steps = max(steps, int(array))
+      steps = int(array)
+      if steps < 0:
+        raise invalid(f'num_chars must be >= 0, got {steps}')
     if array.ndim == 0 and alias == 'temperature' and dtype.is_floating:
       finite_temperature(float(array))
   work = max(rows, 1) * (longest + steps)

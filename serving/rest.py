@@ -211,20 +211,26 @@ class V1Handler(_JsonHandler):
                                           f'limit of {limit} bytes (--max_request_bytes)'})
 
   def data_received(self, chunk: bytes) -> None:
+    # Past the limit the rest is read and dropped (tornado stops at twice the
+    # limit), so that the 413 reaches a client still sending instead of a reset.
     if self._finished or self._over:
       return
     self._received += len(chunk)
-    limit = self.rest.service.limits.max_request_bytes
-    if self._received > limit:
+    if self._received > self.rest.service.limits.max_request_bytes:
       self._over, self._chunks = True, []
-      self.set_header('Connection', 'close')
-      self.answer(413, {'error': f'Request body is over the limit of {limit} bytes '
-                                 '(--max_request_bytes)'})
       return
     self._chunks.append(chunk)
 
+  def _refuse_oversized(self) -> bool:
+    if self._over:
+      self.set_header('Connection', 'close')
+      self.answer(413, {'error': 'Request body is over the limit of '
+                                 f'{self.rest.service.limits.max_request_bytes} bytes '
+                                 '(--max_request_bytes)'})
+    return self._finished
+
   def get(self):
-    if self._finished:
+    if self._refuse_oversized():
       return
     try:
       self.answer(200, status_or_metadata(self.rest.service, self.request.path))
@@ -232,7 +238,7 @@ class V1Handler(_JsonHandler):
       self.fail(e)
 
   async def post(self):
-    if self._finished:
+    if self._refuse_oversized():
       return
     try:
       spec = predict_path(self.request.path)
@@ -253,6 +259,13 @@ class V1Handler(_JsonHandler):
 
   def on_connection_close(self):
     self.call.cancel()   # the client went away: stop its run
+
+
+def _access_log(handler: tornado.web.RequestHandler) -> None:
+  """Access lines at DEBUG: refused requests must not flood the log at WARNING."""
+  log.debug('REST %d %s %s (%s) %.1f ms', handler.get_status(), handler.request.method,
+            handler.request.path[:200], handler.request.remote_ip,
+            1000 * handler.request.request_time())
 
 
 class _HTTPServer(tornado.httpserver.HTTPServer):
@@ -311,7 +324,8 @@ class RestServer:
       log.info('serving.playground not importable: REST serves /v1/ only')
     handlers.append((r'/v1/.*', V1Handler, {'rest': self}))
     return tornado.web.Application(handlers, default_handler_class=NotFoundHandler,
-                                   default_handler_args={'rest': self})
+                                   default_handler_args={'rest': self},
+                                   log_function=_access_log)
 
   def _run(self) -> None:
     asyncio.set_event_loop(asyncio.new_event_loop())
@@ -319,7 +333,7 @@ class RestServer:
     limit = self.service.limits.max_request_bytes
     self._server = _HTTPServer(
         self._application(), ssl_options=self._ssl, max_connections=self.options.max_connections,
-        max_body_size=limit, max_buffer_size=limit + 2**16,
+        max_body_size=2 * limit, max_buffer_size=limit + 2**16,
         body_timeout=self.options.body_timeout,
         idle_connection_timeout=self.options.idle_timeout, xheaders=False)
     self._server.add_sockets(self._sockets)

@@ -56,6 +56,26 @@ def tiny_version_dir() -> str:
   return _cache['dir']
 
 
+def slow_version_dir(rnn_units: int = 256) -> str:
+  """A GRU-`rnn_units` SavedModel (random weights) whose 64 x 10,000-char generate takes
+  many seconds on a CPU: for deadline and cancellation tests. Made once per process."""
+  key = f'slow{rnn_units}'
+  if key not in _cache:
+    import tensorflow as tf
+    from components.model import build_keras_model, export_serving_model
+    from components.text import CharVocab
+    root = tempfile.mkdtemp(prefix='serving_slow_model_')
+    atexit.register(shutil.rmtree, root, True)
+    vocab = CharVocab.from_chars(corpus_chars())
+    config = dict(MODEL_CONFIG, embedding_dim=32, rnn_units=rnn_units)
+    tf.keras.utils.set_random_seed(0)
+    model = build_keras_model(len(vocab), **config)
+    path = os.path.join(root, 'export')
+    export_serving_model(model, vocab.tokens, config, MAX_GENERATE_CHARS, path)
+    _cache[key] = path
+  return _cache[key]
+
+
 def push(base_path: str, version: int, source: Optional[str] = None,
          with_saved_model_pb: bool = True) -> str:
   """Copies `source` to base_path/version like the Pusher (saved_model.pb last)."""
