@@ -1,0 +1,1 @@
+"""Soak: mixed, hostile and abandoned traffic for minutes while versions roll; RSS over time."""
