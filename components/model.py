@@ -28,12 +28,19 @@ from components.text import UNK_TOKEN
 # The hyperparameters that define the architecture: build_keras_model's
 # arguments, and what a warm start must find unchanged.
 MODEL_CONFIG_KEYS = ('embedding_dim', 'rnn_type', 'rnn_units', 'num_layers', 'dropout')
+# The recurrent layers this module builds and exports (`rnn_type`'s allowed
+# values: training_config checks against this, so a new type is one entry here
+# plus its step in CharRnnExport).
+RNN_LAYERS = {'gru': keras.layers.GRU, 'lstm': keras.layers.LSTM}
+RNN_TYPES = tuple(RNN_LAYERS)
+# The dtypes CharRnnExport can multiply in (`serving_matmul_dtype`).
+SERVING_MATMUL_DTYPES = ('float32', 'bfloat16')
 
 
 def build_keras_model(vocab_size: int, embedding_dim: int, rnn_type: str,
                       rnn_units: int, num_layers: int, dropout: float) -> keras.Model:
   """Embedding -> `num_layers` x GRU/LSTM -> Dense logits, over [batch, time] ids."""
-  rnn_cls = {'gru': keras.layers.GRU, 'lstm': keras.layers.LSTM}[rnn_type]
+  rnn_cls = RNN_LAYERS[rnn_type]
   ids = keras.Input(shape=(None,), dtype='int32', name='ids')
   x = keras.layers.Embedding(vocab_size, embedding_dim, name='embedding')(ids)
   for i in range(num_layers):

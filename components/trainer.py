@@ -10,8 +10,19 @@ The training code is `components/trainer_module.py`, referenced by import path
 (`run_fn=...`) so that the installed package runs on a laptop and in the
 Kubeflow image alike. Because TFX's cache key cannot see code behind an import
 path, a hash of that code is added to custom_config: editing the model retrains.
+
+Backups: every execution writes its step backups to
+  <pipeline_root>/CharRnnTrainer/.backup/<key>/
+beside the node's output directories, where <key> hashes the input artifacts
+(Examples, Vocabulary and its fingerprint, the warm-start base model) and the
+custom_config (settings and code fingerprint). A killed execution's successor
+with the same inputs and settings computes the same key and resumes from there;
+anything else starts afresh. run_fn deletes the directory after a successful run.
 """
 
+import hashlib
+import json
+import os
 from typing import Any, Dict, List, Optional
 
 from tfx import types
@@ -45,8 +56,36 @@ class Executor(trainer_executor.GenericExecutor):
               if examples.has_custom_property(f'num_windows_{split}')}
     fn_args.custom_config = dict(
         fn_args.custom_config or {}, **counts,
-        vocabulary_uri=artifact_utils.get_single_uri(input_dict['vocabulary']))
+        vocabulary_uri=artifact_utils.get_single_uri(input_dict['vocabulary']),
+        backup_dir=backup_dir(input_dict, output_dict, fn_args.custom_config or {}))
     return fn_args
+
+
+BACKUP_DIR_NAME = '.backup'
+
+
+def backup_key(input_dict: Dict[str, List[types.Artifact]],
+               custom_config: Dict[str, Any]) -> str:
+  """sha256 of what determines a training run: input artifacts and settings."""
+  inputs = {}
+  for name in ('examples', 'vocabulary', 'base_model'):
+    inputs[name] = [
+        {'uri': a.uri,
+         'properties': {k: a.get_custom_property(k) for k in sorted(a.mlmd_artifact.custom_properties)
+                        if k in ('fingerprint', 'served_version', 'served_from')}}
+        for a in input_dict.get(name) or []]
+  text = json.dumps({'inputs': inputs, 'custom_config': custom_config}, sort_keys=True,
+                    default=str)
+  return hashlib.sha256(text.encode()).hexdigest()[:32]
+
+
+def backup_dir(input_dict: Dict[str, List[types.Artifact]],
+               output_dict: Dict[str, List[types.Artifact]],
+               custom_config: Dict[str, Any]) -> str:
+  """<this node's directory>/.backup/<key>: found again by the next same execution."""
+  model_run_uri = artifact_utils.get_single_uri(output_dict['model_run'])
+  node_dir = os.path.dirname(os.path.dirname(model_run_uri.rstrip('/')))
+  return os.path.join(node_dir, BACKUP_DIR_NAME, backup_key(input_dict, custom_config))
 
 
 def code_fingerprint(run_fn: str) -> str:

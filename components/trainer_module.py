@@ -8,12 +8,22 @@ carries what the next warm start needs):
     assets.extra/keras/           Keras weights + config, for warm starts
 
 And in ModelRun: TensorBoard logs (loss curves, a text sample after every
-epoch) and a weights checkpoint per epoch, as in the tutorial.
+epoch), a weights checkpoint per epoch, as in the tutorial, and history.json
+(per-step and per-epoch figures for the run report; training.write_history).
+
+The settings arrive as the TrainingConfig that configs.py built (custom_config,
+rebuilt strictly: no defaults here). Training is supervised by
+training.TrainingMonitor: a diverged run raises TrainingDivergedError and
+exports nothing; the time budget counts from the start of run_fn to the end of
+the export; and step backups under custom_config['backup_dir'] (the executor
+derives it from the input artifacts and the settings) let the next execution
+with the same inputs continue where a killed one stopped.
 """
 
 import json
 import math
 import os
+import random
 import time
 from typing import Any, Dict, List, Optional
 
@@ -22,9 +32,15 @@ import tensorflow as tf
 from absl import logging
 from tfx.components.trainer.fn_args_utils import FnArgs
 
-from components import model as model_lib
-from components.text import CharVocab
 from components import examples_format
+from components import model as model_lib
+from components import training
+from components.text import CharVocab
+from components.training_config import TrainingConfig
+
+# Kept importable here for callers of the old module layout.
+resolve_precision = training.resolve_precision
+TrainingDivergedError = training.TrainingDivergedError
 
 KERAS_DIR = 'keras'
 WEIGHTS_FILE = 'model.weights.h5'
@@ -35,7 +51,8 @@ METRICS_FILE = 'metrics.json'
 def make_dataset(file_patterns: List[str], seq_length: int, batch_size: int,
                  shuffle_buffer: int = 0, repeat: bool = False,
                  cache: bool = True, num_windows: Optional[int] = None,
-                 random_offsets: bool = False, seed: Optional[int] = None) -> tf.data.Dataset:
+                 random_offsets: bool = False, seed: Optional[int] = None,
+                 skip_batches: int = 0) -> tf.data.Dataset:
   """(inputs, targets) batches of [batch, seq_length] ids from WindowGen's TFRecords.
 
   `random_offsets` (training only; needs WindowGen's stride == seq_length, so
@@ -49,7 +66,13 @@ def make_dataset(file_patterns: List[str], seq_length: int, batch_size: int,
   when not given): with an unknown cardinality, Keras 3.12 on TF 2.16 divides
   evaluate()'s and val_loss's sum by one batch too many (1.470 reported for a
   true 1.557 over 17 batches).
+
+  `skip_batches` (repeated datasets only) starts the stream that many batches
+  in: with a seed, exactly where an uninterrupted run would be after that many
+  steps (same shuffles, same offsets), which is how a resumed run continues.
   """
+  if skip_batches and not repeat:
+    raise ValueError('skip_batches needs repeat=True (an endless stream to resume in)')
   files = tf.io.gfile.glob(file_patterns) if isinstance(file_patterns, str) else [
       f for p in file_patterns for f in tf.io.gfile.glob(p)]
   if not files:
@@ -97,49 +120,12 @@ def make_dataset(file_patterns: List[str], seq_length: int, batch_size: int,
     ds = tf.data.Dataset.zip((ds, tf.data.Dataset.random(
         seed=seed, rerandomize_each_iteration=True)))
   ds = ds.batch(batch_size, drop_remainder=True)
+  if skip_batches:
+    ds = ds.skip(skip_batches)   # before parsing: skipped batches are read, not parsed
   if not repeat:
     ds = ds.apply(tf.data.experimental.assert_cardinality(num_windows // batch_size))
   return ds.map(recut if random_offsets else split,
                 num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
-
-
-class _Schedule(keras.callbacks.Callback):
-  """Time budget and learning-rate schedule, checked after every batch.
-
-  Training stops once `seconds` have passed. With `cosine`, the learning rate
-  decays from `lr` to `lr * min_ratio` over whichever comes first, the step
-  count or the time budget, so a time-limited run still ends annealed.
-  """
-
-  def __init__(self, lr: float, schedule: str, min_ratio: float,
-               total_steps: Optional[int], seconds: Optional[float]):
-    super().__init__()
-    self._lr, self._schedule, self._min_ratio = lr, schedule, min_ratio
-    self._total_steps, self._seconds = total_steps, seconds
-    self._start, self._step = None, 0
-    self.stopped_after_steps: Optional[int] = None   # set when the budget stopped training
-
-  @property
-  def steps(self) -> int:
-    return self._step
-
-  def on_train_begin(self, logs=None):
-    self._start = time.monotonic()
-
-  def on_train_batch_end(self, batch, logs=None):
-    self._step += 1
-    elapsed = time.monotonic() - self._start
-    if self._seconds and elapsed > self._seconds and self.stopped_after_steps is None:
-      logging.warning('Time budget of %.0f s reached after %d steps; stopping.',
-                      self._seconds, self._step)
-      self.stopped_after_steps = self._step
-      self.model.stop_training = True
-    if self._schedule == 'cosine':
-      progress = max(self._step / self._total_steps if self._total_steps else 0.0,
-                     elapsed / self._seconds if self._seconds else 0.0)
-      cosine = 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
-      self.model.optimizer.learning_rate.assign(
-          self._lr * (self._min_ratio + (1 - self._min_ratio) * cosine))
 
 
 class _SampleText(keras.callbacks.Callback):
@@ -152,10 +138,13 @@ class _SampleText(keras.callbacks.Callback):
     self._prompt, self._num_chars = prompt, num_chars
     self._writer = tf.summary.create_file_writer(os.path.join(log_dir, 'samples'))
     self._sampler = self._generate = None
+    self.last_sample: Optional[str] = None
+    self.last_seconds = 0.0   # the budget counts it (the first one includes tracing)
 
   def on_epoch_end(self, epoch, logs=None):
     if not self._num_chars:
       return
+    started = time.monotonic()
     if self._sampler is None:
       self._sampler = model_lib.CharRnnExport(self.model, *self._args,
                                               max_generate_chars=self._num_chars)
@@ -170,6 +159,8 @@ class _SampleText(keras.callbacks.Callback):
     logging.info('Sample after epoch %d:\n%s', epoch + 1, sample)
     with self._writer.as_default():
       tf.summary.text('sample', sample, step=epoch + 1)
+    self.last_sample = sample
+    self.last_seconds = time.monotonic() - started
 
 
 def _warm_start(model: keras.Model, base_model_dir: Optional[str], vocab: CharVocab,
@@ -195,109 +186,56 @@ def _warm_start(model: keras.Model, base_model_dir: Optional[str], vocab: CharVo
   return f'warm-started from {keras_dir}'
 
 
-def resolve_precision(precision: str) -> str:
-  """`auto`: bfloat16 compute on CPUs with native bf16 (AVX512-BF16, AMX), else float32."""
-  if precision != 'auto':
-    return precision
-  if tf.config.list_physical_devices('GPU'):
-    return 'float32'
-  try:
-    with open('/proc/cpuinfo') as f:
-      flags = f.read()
-  except OSError:
-    return 'float32'
-  return 'mixed_bfloat16' if ('avx512_bf16' in flags or 'amx_bf16' in flags) else 'float32'
 
 
-def run_fn(fn_args: FnArgs) -> None:
-  cfg = fn_args.custom_config
-  vocab = CharVocab.load(cfg['vocabulary_uri'])
-  seq_length, batch_size = cfg['seq_length'], cfg['batch_size']
-  model_config = {k: cfg[k] for k in model_lib.MODEL_CONFIG_KEYS}
+class _Schedule(keras.callbacks.Callback):
+  """bench/quality/explore.py's schedule and time budget (the pipeline uses TrainingMonitor)."""
 
-  seed = cfg.get('seed')
-  if seed is not None:
-    keras.utils.set_random_seed(seed)   # Python, NumPy and TF: weights, dropout
-  steps_per_epoch = cfg.get('steps_per_epoch')
-  train_ds = make_dataset(fn_args.train_files, seq_length, batch_size,
-                          shuffle_buffer=cfg['shuffle_buffer'],
-                          repeat=steps_per_epoch is not None,
-                          cache=steps_per_epoch is None,
-                          num_windows=cfg.get('num_windows_train'),
-                          random_offsets=cfg.get('random_offsets', False), seed=seed)
-  eval_ds = make_dataset(fn_args.eval_files, seq_length, batch_size,
-                         cache=cfg.get('eval_steps') is None,
-                         num_windows=cfg.get('num_windows_eval'))
+  def __init__(self, lr: float, schedule: str, min_ratio: float,
+               total_steps: Optional[int], seconds: Optional[float]):
+    super().__init__()
+    self._lr, self._schedule, self._min_ratio = lr, schedule, min_ratio
+    self._total_steps, self._seconds = total_steps, seconds
+    self._start, self._step = None, 0
 
-  # Layers take the dtype policy in force when they are built; restore the
-  # global one straight after so nothing else in the process is affected.
-  previous_policy = keras.mixed_precision.global_policy()
-  precision = resolve_precision(cfg.get('precision', 'float32'))
-  logging.info('Compute precision: %s', precision)
-  keras.mixed_precision.set_global_policy(precision)
-  try:
-    model = model_lib.build_keras_model(len(vocab), **model_config)
-  finally:
-    keras.mixed_precision.set_global_policy(previous_policy)
-  start_note = _warm_start(model, fn_args.base_model, vocab, model_config)
-  logging.info('Training %s', start_note)
-  model.compile(optimizer=keras.optimizers.Adam(cfg['learning_rate'],
-                                                clipnorm=cfg.get('clipnorm') or None),
-                loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
-  model.summary(print_fn=logging.info)
+  def on_train_begin(self, logs=None):
+    self._start = time.monotonic()
 
-  schedule = _Schedule(cfg['learning_rate'], cfg.get('lr_schedule', 'constant'),
-                       cfg.get('min_lr_ratio', 0.1),
-                       steps_per_epoch * cfg['epochs'] if steps_per_epoch else None,
-                       cfg.get('max_train_seconds'))
-  callbacks = [
-      keras.callbacks.TensorBoard(log_dir=fn_args.model_run_dir, update_freq='epoch'),
-      keras.callbacks.ModelCheckpoint(
-          os.path.join(fn_args.model_run_dir, 'checkpoints', 'ckpt_{epoch:02d}.weights.h5'),
-          save_weights_only=True),
-      schedule,
-      _SampleText(vocab, model_config, cfg['sample_prompt'], cfg['sample_chars'],
-                  fn_args.model_run_dir),
-  ]
-  if cfg.get('early_stopping_patience'):
-    callbacks.append(keras.callbacks.EarlyStopping(
-        monitor='val_loss', patience=cfg['early_stopping_patience'],
-        restore_best_weights=True))
+  def on_train_batch_end(self, batch, logs=None):
+    self._step += 1
+    elapsed = time.monotonic() - self._start
+    if self._seconds and elapsed > self._seconds:
+      self.model.stop_training = True
+    progress = max(self._step / self._total_steps if self._total_steps else 0.0,
+                   elapsed / self._seconds if self._seconds else 0.0)
+    self.model.optimizer.learning_rate.assign(
+        training.learning_rate(self._lr, self._schedule, self._min_ratio, progress))
 
-  started = time.monotonic()
-  history = model.fit(train_ds, epochs=cfg['epochs'], steps_per_epoch=steps_per_epoch,
-                      validation_data=eval_ds, validation_steps=cfg.get('eval_steps'),
-                      callbacks=callbacks, verbose=2)
-  train_seconds = time.monotonic() - started
-  eval_loss = float(model.evaluate(eval_ds, steps=cfg.get('eval_steps'), verbose=0))
 
-  serving_dir = fn_args.serving_model_dir
-  model_lib.export_serving_model(model, vocab.tokens, model_config,
-                                 cfg['max_generate_chars'], serving_dir,
-                                 cfg.get('serving_matmul_dtype', 'float32'))
-  extra = os.path.join(serving_dir, 'assets.extra')
-  tf.io.gfile.makedirs(extra)
-  vocab.save(extra)
-  metrics = {
-      'eval_loss': eval_loss,                      # nats per character
-      'bits_per_char': eval_loss / math.log(2),
-      'perplexity': math.exp(eval_loss),
-      'epochs_run': len(history.epoch),
-      'train_seconds': train_seconds,
-      'train_steps': schedule.steps,
-      'stopped_by_time_budget': schedule.stopped_after_steps is not None,
-      'history': {k: [float(v) for v in vs] for k, vs in history.history.items()},
-      'start': start_note,
-      'precision': precision,
-      'vocab_size': len(vocab),
-      'state_size': model_lib.state_size(model_config['rnn_type'],
-                                         model_config['rnn_units'],
-                                         model_config['num_layers']),
-      'config': {k: v for k, v in cfg.items() if k != 'vocabulary_uri'},
-  }
-  with tf.io.gfile.GFile(os.path.join(extra, METRICS_FILE), 'w') as f:
-    f.write(json.dumps(metrics, indent=1))
+def steps_per_epoch(config: TrainingConfig, num_windows: Optional[int],
+                    train_files: List[str]) -> int:
+  """config.steps_per_epoch, or the batches of one pass over the train split."""
+  if config.steps_per_epoch:
+    return config.steps_per_epoch
+  if num_windows is None:
+    num_windows = int(examples_format.record_dataset(
+        [f for p in train_files for f in tf.io.gfile.glob(p)]).reduce(0, lambda n, _: n + 1))
+  usable = num_windows - 1 if config.random_offsets else num_windows
+  steps = usable // config.batch_size
+  if steps < 1:
+    raise ValueError(f'the train split has {num_windows} windows, fewer than one batch of '
+                     f'batch_size={config.batch_size}: lower batch_size or use a larger corpus')
+  return steps
 
+
+def _eval_batches(config: TrainingConfig, num_windows: Optional[int]) -> int:
+  if config.eval_steps:
+    return config.eval_steps
+  return (num_windows or 0) // config.batch_size
+
+
+def _save_keras_weights(model: keras.Model, vocab: CharVocab, model_config: Dict[str, Any],
+                        extra: str) -> None:
   keras_dir = os.path.join(extra, KERAS_DIR)
   tf.io.gfile.makedirs(keras_dir)
   local = os.path.join(os.environ.get('TMPDIR', '/tmp'), f'save-{time.time_ns()}.weights.h5')
@@ -306,5 +244,150 @@ def run_fn(fn_args: FnArgs) -> None:
   os.remove(local)
   with tf.io.gfile.GFile(os.path.join(keras_dir, CONFIG_FILE), 'w') as f:
     f.write(json.dumps({'tokens': vocab.tokens, 'model_config': model_config}))
-  logging.info('Eval loss %.4f nats/char (%.4f bits/char); model exported to %s',
-               eval_loss, metrics['bits_per_char'], serving_dir)
+
+
+def run_fn(fn_args: FnArgs) -> None:
+  clock = training.Clock()   # the time budget counts from here
+  custom = fn_args.custom_config
+  config = TrainingConfig.from_custom_config(custom)
+  vocab = CharVocab.load(custom['vocabulary_uri'])
+  model_config = {k: getattr(config, k) for k in model_lib.MODEL_CONFIG_KEYS}
+  num_train, num_eval = custom.get('num_windows_train'), custom.get('num_windows_eval')
+  per_epoch = steps_per_epoch(config, num_train, fn_args.train_files)
+
+  # Layers take the dtype policy in force when they are built; restore the
+  # global one straight after so nothing else in the process is affected.
+  seed = config.seed if config.seed is not None else random.SystemRandom().randrange(2**31)
+  keras.utils.set_random_seed(seed)   # Python, NumPy and TF: weights, dropout
+  previous_policy = keras.mixed_precision.global_policy()
+  precision = training.resolve_precision(config.precision)
+  logging.info('Compute precision: %s', precision)
+  keras.mixed_precision.set_global_policy(precision)
+  try:
+    model = model_lib.build_keras_model(len(vocab), **model_config)
+  finally:
+    keras.mixed_precision.set_global_policy(previous_policy)
+  model.compile(optimizer=keras.optimizers.Adam(config.learning_rate,
+                                                clipnorm=config.clipnorm or None),
+                loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+
+  store = None
+  if config.backup_every_steps and custom.get('backup_dir'):
+    store = training.BackupStore(custom['backup_dir'])
+  restored = store.restore(model) if store else None
+  best_weights = None
+  if restored:
+    state, best_weights = restored
+    state.resumed_from_step = state.step
+    clock.spent_before = state.elapsed_seconds
+    start_note = (f'resumed from the backup at step {state.step} (epoch {state.epoch + 1}, '
+                  f'{state.elapsed_seconds:.0f} s already spent) in {store.directory}')
+  else:
+    state = training.TrainingState(seed=seed)
+    start_note = _warm_start(model, fn_args.base_model, vocab, model_config)
+  logging.info('Training %s', start_note)
+  model.summary(print_fn=logging.info)
+
+  eval_ds = make_dataset(fn_args.eval_files, config.seq_length, config.batch_size,
+                         cache=config.eval_steps is None, num_windows=num_eval)
+  budget = training.Budget(config.max_train_seconds, clock, _eval_batches(config, num_eval))
+  sampler = _SampleText(vocab, model_config, config.sample_prompt, config.sample_chars,
+                        fn_args.model_run_dir)
+  monitor = training.TrainingMonitor(
+      state, clock, budget, learning_rate=config.learning_rate,
+      lr_schedule=config.lr_schedule, min_lr_ratio=config.min_lr_ratio,
+      steps_per_epoch=per_epoch, epochs=config.epochs,
+      # A uniform guess scores ln(vocabulary size) nats/char.
+      divergence_ceiling=config.divergence_loss_ratio * math.log(len(vocab)),
+      early_stopping_patience=config.early_stopping_patience,
+      backup_every_steps=config.backup_every_steps, store=store,
+      progress=training.Progress(config.progress_seconds, per_epoch * config.epochs,
+                                 config.epochs),
+      sampler=sampler, best_weights=best_weights)
+  callbacks = [
+      keras.callbacks.TensorBoard(log_dir=fn_args.model_run_dir, update_freq='epoch'),
+      keras.callbacks.ModelCheckpoint(
+          os.path.join(fn_args.model_run_dir, 'checkpoints', 'ckpt_{epoch:02d}.weights.h5'),
+          save_weights_only=True),
+      sampler,    # before the monitor: each epoch's record holds its sample
+      monitor,
+  ]
+
+  def fit(epochs: int, steps: int) -> None:
+    # A fresh stream that starts where the state is: same data as an
+    # uninterrupted run from this step on.
+    train_ds = make_dataset(fn_args.train_files, config.seq_length, config.batch_size,
+                            shuffle_buffer=config.shuffle_buffer, repeat=True,
+                            cache=config.steps_per_epoch is None, num_windows=num_train,
+                            random_offsets=config.random_offsets, seed=state.seed,
+                            skip_batches=state.step)
+    model.fit(train_ds, initial_epoch=state.epoch, epochs=epochs, steps_per_epoch=steps,
+              validation_data=eval_ds, validation_steps=config.eval_steps,
+              callbacks=callbacks, verbose=0)
+
+  try:
+    if state.stop_reason is None and state.batch_in_epoch:
+      # Killed mid-epoch: finish that epoch first, then the rest.
+      fit(state.epoch + 1, per_epoch - state.batch_in_epoch)
+    if state.stop_reason is None and state.epoch < config.epochs:
+      fit(config.epochs, per_epoch)
+  except training.TrainingDivergedError as e:
+    logging.error('%s', e)
+    training.write_history(fn_args.model_run_dir, state, config.max_train_seconds)
+    if store:
+      store.delete()   # the same settings would only diverge again
+    raise
+  state.stop_reason = state.stop_reason or training.STOP_EPOCHS
+  train_seconds = clock.elapsed()
+
+  if state.stop_reason == training.STOP_EARLY_STOPPING and monitor.best_weights is not None:
+    model.set_weights(monitor.best_weights)
+    eval_loss = state.best_val_loss
+    logging.info('Restored the weights of epoch %d (val_loss %.4f).', state.best_epoch, eval_loss)
+  else:
+    # Keras validated these very weights at the last epoch's end (a stop
+    # mid-epoch validates too): no second pass over the eval split.
+    eval_loss = state.epochs[-1]['val_loss']
+  if eval_loss is None or not math.isfinite(eval_loss):
+    raise training.TrainingDivergedError(
+        f'training diverged: the final eval loss is {eval_loss}; lower learning_rate '
+        f'(now {config.learning_rate:g}) or set clipnorm')
+
+  serving_dir = fn_args.serving_model_dir
+  model_lib.export_serving_model(model, vocab.tokens, model_config,
+                                 config.max_generate_chars, serving_dir,
+                                 config.serving_matmul_dtype)
+  extra = os.path.join(serving_dir, 'assets.extra')
+  tf.io.gfile.makedirs(extra)
+  vocab.save(extra)
+  _save_keras_weights(model, vocab, model_config, extra)
+  training.write_history(fn_args.model_run_dir, state, config.max_train_seconds)
+  metrics = {
+      'eval_loss': eval_loss,                      # nats per character
+      'bits_per_char': eval_loss / math.log(2),
+      'perplexity': math.exp(min(eval_loss, 700.0)),
+      'epochs_run': len(state.epochs),
+      'train_seconds': train_seconds,              # run_fn's start to training's end
+      'train_steps': state.step,
+      'resumed_from_step': state.resumed_from_step,
+      'stop_reason': state.stop_reason,
+      'stopped_by_time_budget': state.stop_reason == training.STOP_TIME_BUDGET,
+      'time_budget_seconds': config.max_train_seconds,
+      'history': {'loss': [e['loss'] for e in state.epochs],
+                  'val_loss': [e['val_loss'] for e in state.epochs]},
+      'start': start_note,
+      'precision': precision,
+      'seed': state.seed,
+      'vocab_size': len(vocab),
+      'state_size': model_lib.state_size(config.rnn_type, config.rnn_units, config.num_layers),
+      'config': config.to_custom_config(),
+  }
+  # Last: everything above is inside the budget this figure reports.
+  metrics['elapsed_seconds'] = clock.elapsed()
+  with tf.io.gfile.GFile(os.path.join(extra, METRICS_FILE), 'w') as f:
+    f.write(json.dumps(metrics, indent=1))
+  if store:
+    store.delete()
+  logging.info('Eval loss %.4f nats/char (%.4f bits/char) after %d steps (%s, %.0f s); '
+               'model exported to %s', eval_loss, metrics['bits_per_char'], state.step,
+               state.stop_reason, metrics['elapsed_seconds'], serving_dir)

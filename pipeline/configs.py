@@ -16,6 +16,7 @@ re-executes the runner file, honours them too:
 import dataclasses
 import os
 import shlex
+import typing
 from typing import Any, Dict, List, Optional
 
 # ---------------------------------------------------------------- names, paths
@@ -68,15 +69,32 @@ def serving_model_dir(output_dir: str = OUTPUT_DIR) -> str:
 
 
 # ------------------------------------------------------------------- presets
+# The one import of ours: the Trainer's typed settings (components/training_config.py
+# says why they live there). It imports no TensorFlow; the allowed values it
+# checks against are looked up beside their code only when a preset is checked.
+from components import training_config as tc  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+NORMALIZATION_FORMS = ('', 'NFC', 'NFD', 'NFKC', 'NFKD')   # unicodedata's
+
+
 @dataclasses.dataclass(frozen=True)
 class Preset:
-  """Data, model, training and gate settings for one pipeline run."""
+  """Data, model, training and gate settings for one pipeline run.
+
+  The training fields are `TrainingConfig`'s (same names and types; their rules
+  live there); the data and gate fields carry their rules here.
+  `get_preset` checks every field; `training_config()` is what run_fn receives.
+  """
   # Data (WindowGen). Windows hold seq_length + 1 ids: input and shifted target.
   seq_length: int = 100
-  stride: Optional[int] = None          # None: seq_length (each target seen once)
-  eval_fraction: float = 0.1            # last 10% of characters evaluate (nanoGPT's split)
-  shard_chars: int = 4_000_000          # corpus shard size; bounds WindowGen's memory
-  unicode_normalization: str = 'NFC'    # '' keeps the text's own normal form
+  stride: Optional[int] = tc.setting(tc.at_least(1), default=None)   # None: seq_length
+  # The last 10% of characters evaluate (nanoGPT's split).
+  eval_fraction: float = tc.setting(tc.in_range(0.0, 0.5, low_open=True), default=0.1)
+  # Corpus shard size; bounds WindowGen's memory.
+  shard_chars: int = tc.setting(tc.at_least(1), default=4_000_000)
+  # '' keeps the text's own normal form.
+  unicode_normalization: str = tc.setting(tc.one_of(lambda: NORMALIZATION_FORMS),
+                                          default='NFC')
   # Model.
   embedding_dim: int = 256
   rnn_type: str = 'gru'                 # gru | lstm
@@ -106,7 +124,17 @@ class Preset:
   # A time budget still makes the number of steps depend on the machine's speed.
   seed: Optional[int] = 0
   early_stopping_patience: int = 0       # 0: off
-  max_train_seconds: Optional[float] = None  # stop after the step that passes it
+  # Seconds from the start of the Trainer's run_fn to the end of its export:
+  # training stops early enough that the last validation, sample and export fit.
+  max_train_seconds: Optional[float] = None
+  # Faults. Training stops as diverged (nothing exported) when the loss is NaN,
+  # infinite or above this many times a uniform guess's (ln of the vocabulary size).
+  divergence_loss_ratio: float = 100.0
+  # Step backups (0: off), kept where the next execution with the same inputs
+  # and settings resumes from them after a kill; deleted after a successful run.
+  backup_every_steps: int = 50
+  # Progress: an updating line on a terminal, else a log line this often.
+  progress_seconds: float = 30.0
   sample_prompt: str = 'ROMEO:'
   sample_chars: int = 200                # logged after every epoch
   # Export.
@@ -114,17 +142,32 @@ class Preset:
   # float32 | bfloat16: the served model's matmuls (~1.6x throughput at batch 64 on
   # CPUs with AVX512-BF16; slower at batch 1 and without native bf16).
   serving_matmul_dtype: str = 'float32'
-  # Evaluation gate.
-  max_eval_loss: float = 4.0             # bless only at or below this (nats/char)
-  regression_tolerance: float = 0.02     # ... and no worse than the blessed baseline + this
+  # Evaluation gate. Bless only when the eval loss is at most max_eval_loss_ratio
+  # times the eval text's unigram entropy (nats/char: 3.337 on tiny Shakespeare),
+  # a threshold that means the same for every vocabulary, and at most
+  # max_eval_loss (nats/char; None: no absolute cap) ...
+  max_eval_loss_ratio: float = tc.setting(tc.greater_than(0.0), default=1.0)
+  max_eval_loss: Optional[float] = tc.setting(tc.greater_than(0.0), default=None)
+  # ... and no worse than the blessed baseline + this.
+  regression_tolerance: float = tc.setting(tc.at_least(0.0), default=0.02)
 
   @property
   def window_stride(self) -> int:
     return self.stride or self.seq_length
 
+  def check(self) -> 'Preset':
+    """Every field's type and range; errors name the field and the allowed values."""
+    tc.check_fields(self)
+    tc.TrainingConfig.from_settings(self)
+    if self.random_offsets and self.window_stride != self.seq_length:
+      raise tc.ConfigError(
+          f'random_offsets re-cuts windows that tile the text: it needs stride == '
+          f'seq_length ({self.seq_length}), not {self.window_stride}')
+    return self
+
   def training_config(self) -> Dict[str, Any]:
-    """What the Trainer's run_fn receives as custom_config."""
-    return dataclasses.asdict(self)
+    """What the Trainer's run_fn receives as custom_config (TrainingConfig's fields)."""
+    return tc.TrainingConfig.from_settings(self).to_custom_config()
 
 
 PRESETS: Dict[str, Preset] = {
@@ -132,7 +175,8 @@ PRESETS: Dict[str, Preset] = {
     'tiny': Preset(
         embedding_dim=16, rnn_units=32, batch_size=32, learning_rate=1e-2,
         epochs=1, steps_per_epoch=20, eval_steps=5, shuffle_buffer=1000,
-        sample_chars=40, max_eval_loss=4.2, regression_tolerance=0.5),
+        sample_chars=40, backup_every_steps=5, progress_seconds=5.0,
+        max_eval_loss_ratio=1.26, regression_tolerance=0.5),
     # The default: the best eval loss we reach in about 5 minutes of training on
     # a 2-core CPU (bench/quality measures it; bench/quality/explore.py compared
     # the alternatives): GRU-384 in bf16 where the CPU has it (1.5x the steps of
@@ -142,38 +186,28 @@ PRESETS: Dict[str, Preset] = {
     'cpu': Preset(
         embedding_dim=64, rnn_units=384, batch_size=64, learning_rate=8e-3,
         lr_schedule='cosine', min_lr_ratio=0.02, clipnorm=1.0, random_offsets=True,
-        epochs=50, max_train_seconds=300, max_eval_loss=1.8),
+        epochs=50, max_train_seconds=300, max_eval_loss_ratio=0.55),
     # The tutorial's exact settings: 256/1024 GRU, batch 64, Adam(1e-3), 20
     # epochs over non-overlapping 101-character chunks. For GPUs (where `auto`
     # precision is float32, as in the tutorial).
-    'tutorial': Preset(stride=101, max_eval_loss=1.8),
+    'tutorial': Preset(stride=101, max_eval_loss_ratio=0.55),
 }
 
 PRESET_NAME = os.environ.get('CHAR_RNN_PRESET', 'cpu')
 
 
 def _parse_overrides(text: str) -> Dict[str, Any]:
-  fields = {f.name: f for f in dataclasses.fields(Preset)}
+  """`field=value, ...` with each value parsed by its field's type (typing hints)."""
+  hints = typing.get_type_hints(Preset)
   out: Dict[str, Any] = {}
   for item in filter(None, (s.strip() for s in text.split(','))):
     key, sep, value = item.partition('=')
     key = key.strip()
-    if not sep or key not in fields:
+    if not sep or key not in hints:
       raise ValueError(
           f'CHAR_RNN_OVERRIDES: {item!r} is not <field>=<value> with a field of '
-          f'Preset ({", ".join(sorted(fields))})')
-    default = getattr(Preset(), key)
-    value = value.strip()
-    if value.lower() == 'none':
-      out[key] = None
-    elif isinstance(default, bool):
-      out[key] = value.lower() in ('1', 'true', 'yes')
-    elif isinstance(default, int) or key in ('stride', 'steps_per_epoch', 'eval_steps', 'seed'):
-      out[key] = int(value)
-    elif isinstance(default, float) or key == 'max_train_seconds':
-      out[key] = float(value)
-    else:
-      out[key] = value
+          f'Preset ({", ".join(sorted(hints))})')
+    out[key] = tc.parse_value(key, hints[key], value)
   return out
 
 
@@ -184,17 +218,7 @@ def get_preset(name: Optional[str] = None,
     raise ValueError(f'Unknown preset {name!r}; choose one of {sorted(PRESETS)}')
   if overrides is None:
     overrides = os.environ.get('CHAR_RNN_OVERRIDES', '')
-  preset = dataclasses.replace(PRESETS[name], **_parse_overrides(overrides))
-  for field, allowed in (('rnn_type', ('gru', 'lstm')),
-                         ('lr_schedule', ('constant', 'cosine')),
-                         ('precision', ('float32', 'mixed_bfloat16', 'mixed_float16', 'auto')),
-                         ('serving_matmul_dtype', ('float32', 'bfloat16'))):
-    if getattr(preset, field) not in allowed:
-      raise ValueError(f'{field} must be one of {allowed}, not {getattr(preset, field)!r}')
-  if preset.random_offsets and preset.window_stride != preset.seq_length:
-    raise ValueError(f'random_offsets re-cuts windows that tile the text: it needs stride '
-                     f'== seq_length ({preset.seq_length}), not {preset.window_stride}')
-  return preset
+  return dataclasses.replace(PRESETS[name], **_parse_overrides(overrides)).check()
 
 
 # ---------------------------------------------------------------- Kubeflow
