@@ -24,7 +24,7 @@ Create -> Map: each element is one independent unit of work that writes its
 own file, and its results come back through files, not through Beam.
 """
 
-from typing import Any, Dict, Sequence
+from typing import Any, Dict, List, Sequence
 
 from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.runners.dask import dask_runner as beam_dask
@@ -91,3 +91,11 @@ class DaskRunner(beam_dask.DaskRunner):
       client.close()
       raise
     return DaskRunnerResult(client, futures)
+
+
+RUNNER = f'{__name__}.{DaskRunner.__name__}'
+
+
+def beam_args(address: str) -> List[str]:
+  """Beam pipeline args that run a pipeline on the Dask scheduler at `address`."""
+  return [f'--runner={RUNNER}', f'--dask_client_address={address}']

@@ -81,6 +81,80 @@ def test_crlf_and_combining_marks_split_across_reads_are_normalised(tmp_path, mo
   assert _read_all(out) == unicodedata.normalize('NFC', body.replace('\r\n', '\n'))
 
 
+# Compositions of two starters (no combining mark in sight) and a CRLF, which the
+# old rule (hold back combining marks only) broke when a read ended between them.
+HANGUL, ORIYA = '\u1100\u1161\u11a8', '\u0b47\u0b3e'
+TRICKY = 'x\u1100\u1161\u11a8 \u0b47\u0b3e e\u0301\u0323 \u00e9\r\n\U0001F600\u4e2d.'
+
+
+def test_hangul_and_indic_compositions_across_the_read_boundary(tmp_path, monkeypatch):
+  import unicodedata
+  import components.corpus_ingest as ci
+  for composing in (HANGUL, ORIYA):
+    for split in range(1, len(composing)):
+      head = 'ab' + composing[:split]
+      monkeypatch.setattr(ci, '_READ_BYTES', len(head.encode()))   # the read ends mid-composition
+      body = head + composing[split:] + _text()
+      src = tmp_path / 'a.txt'
+      src.write_bytes(body.encode('utf-8'))
+      out = tmp_path / f'out-{len(composing)}-{split}'
+      out.mkdir()
+      _, fingerprint, _ = _ingest([src], out)
+      expected = unicodedata.normalize('NFC', body)
+      assert expected.startswith('ab' + unicodedata.normalize('NFC', composing))
+      assert _read_all(out) == expected
+      assert fingerprint == hashlib.sha256(expected.encode()).hexdigest()
+
+
+@pytest.mark.parametrize('range_bytes', [5, 16, 61, 4096])
+def test_byte_ranges_of_one_file_give_the_same_corpus_as_one_sequential_read(
+    tmp_path, range_bytes):
+  """Ranges cut at safe points: multi-byte UTF-8, CRLF, jamo and vowel signs stay whole."""
+  import unicodedata
+  body = '\ufeff' + TRICKY * 60 + _text()
+  src = tmp_path / 'a.txt'
+  src.write_bytes(body.encode('utf-8'))
+  whole, ranged = tmp_path / 'whole', tmp_path / 'ranged'
+  whole.mkdir()
+  ranged.mkdir()
+  expected = unicodedata.normalize('NFC', body[1:].replace('\r\n', '\n'))
+  one = _ingest([src], whole, shard_chars=1000)
+  many = ingest([str(src)], str(ranged), seq_length=SEQ, eval_fraction=EVAL, shard_chars=1000,
+                normalization='NFC', range_bytes=range_bytes)
+  assert one == many
+  assert _read_all(ranged) == expected
+  assert one[1] == hashlib.sha256(expected.encode()).hexdigest()
+  assert {p.name: p.read_bytes() for p in whole.iterdir()} == \
+      {p.name: p.read_bytes() for p in ranged.iterdir()}
+
+
+def test_errors_in_a_byte_range_carry_the_offset_in_the_file(tmp_path):
+  for data, pattern in (
+      ((_text() + 'é' * 50).encode() + b'\xe2\x82(' + b'z' * 500, rf'invalid UTF-8 at byte offset {BIG + 100} \(invalid continuation byte\)'),
+      (_text().encode() + b'A' * 77 + b'\0' + b'z' * 500, rf'NUL byte at byte offset {BIG + 77}'),
+      ((_text() + 'é' * 50).encode() + b'\xe2\x82', rf'invalid UTF-8 at byte offset {BIG + 100} \(truncated')):
+    src = tmp_path / 'bad.txt'
+    src.write_bytes(data)
+    for range_bytes in (7, 64, 1 << 20):
+      out = tmp_path / f'out-{range_bytes}'
+      out.mkdir(exist_ok=True)
+      with pytest.raises(CorpusError, match=pattern):
+        ingest([str(src)], str(out), seq_length=SEQ, eval_fraction=EVAL, shard_chars=1000,
+               normalization='NFC', range_bytes=range_bytes)
+      assert os.listdir(out) == []
+
+
+def test_the_first_error_in_corpus_order_is_reported(tmp_path):
+  (tmp_path / 'a.txt').write_bytes(b'A' * 10 + b'\xff')
+  (tmp_path / 'b.txt').write_text(_text())
+  out = tmp_path / 'out'
+  out.mkdir()
+  with pytest.raises(CorpusError, match=r'a\.txt: invalid UTF-8 at byte offset 10'):
+    _ingest([tmp_path / 'b.txt', tmp_path / 'a.txt', tmp_path / 'missing.txt'], out)
+  with pytest.raises(CorpusError, match=r'missing\.txt: no such file'):
+    _ingest([tmp_path / 'b.txt', tmp_path / 'missing.txt', tmp_path / 'a.txt'], out)
+
+
 def test_http_url_is_downloaded(tmp_path, http_dir):
   (http_dir / 'corpus.txt').write_text(_text())
   out = tmp_path / 'out'
