@@ -10,14 +10,11 @@ $CHAR_RNN_TEST_ARTIFACTS (or the test's tmp dir) to be looked at.
 import json
 import math
 import os
-import subprocess
-import sys
 import time
-import urllib.request
 
 import pytest
 
-from tests.conftest import REPO_DIR
+from tests import server_process
 
 CHROMIUM = '/usr/bin/chromium'
 CHROMEDRIVER = '/usr/bin/chromedriver'
@@ -30,52 +27,15 @@ pytestmark = pytest.mark.skipif(
 WAIT = 90   # seconds: the machine is shared and loaded
 
 
-def free_port() -> int:
-  import socket
-  with socket.socket() as s:
-    s.bind(('127.0.0.1', 0))
-    return s.getsockname()[1]
-
-
-def _get_json(url):
-  with urllib.request.urlopen(url, timeout=10) as response:
-    return json.loads(response.read())
-
-
 @pytest.fixture(scope='module')
-def served(tiny_pipeline, tmp_path_factory):
+def served(tiny_pipeline):
   """The real server on loopback over the tiny pipeline's pushed versions."""
   base = tiny_pipeline.model_base_path
   version = max(int(v) for v in os.listdir(base) if v.isdigit())
-  rest_port = free_port()
-  log_path = tmp_path_factory.mktemp('playground_server') / 'server.log'
-  log = open(log_path, 'wb')
-  process = subprocess.Popen(
-      [sys.executable, '-m', 'serving.server', '--host=127.0.0.1', f'--port={free_port()}',
-       f'--rest_api_port={rest_port}', '--model_name=char_rnn', f'--model_base_path={base}'],
-      cwd=REPO_DIR, stdout=log, stderr=subprocess.STDOUT)
-  url = f'http://127.0.0.1:{rest_port}'
-  deadline = time.monotonic() + 120
-  while True:
-    try:
-      states = _get_json(f'{url}/v1/models/char_rnn')['model_version_status']
-      if any(s['state'] == 'AVAILABLE' for s in states):
-        break
-    except OSError:
-      pass
-    if process.poll() is not None or time.monotonic() > deadline:
-      process.kill()
-      pytest.fail(f'server did not come up: {log_path.read_text()[-3000:]}')
-    time.sleep(0.5)
   with open(os.path.join(base, str(version), 'assets.extra', 'metrics.json')) as f:
     metrics = json.load(f)
-  yield {'url': url, 'version': version, 'metrics': metrics, 'process': process}
-  process.terminate()
-  try:
-    process.wait(timeout=20)
-  except subprocess.TimeoutExpired:
-    process.kill()
-  log.close()
+  with server_process.server(base) as (url, process):
+    yield {'url': url, 'version': version, 'metrics': metrics, 'process': process}
 
 
 @pytest.fixture(scope='module')
