@@ -233,8 +233,11 @@ def tensor_proto_to_input(alias: str, proto, limits: Optional[Limits] = None
     array = np.empty(count, dtype=object)
     array[:] = list(values)
     return array.reshape(shape), dtype
-  if proto.dtype == types_pb2.DT_HALF:
-    return np.array(values, dtype=np.uint16).view(np.float16).reshape(shape), dtype
+  if proto.dtype == types_pb2.DT_HALF:   # half_val carries the 16 bits in an int32
+    bits = np.array(values, dtype=np.int64)
+    if bits.size and (bits.min() < 0 or bits.max() > 0xFFFF):
+      raise invalid(f'tensor parsing error: {alias}: a half_val is not a 16-bit pattern')
+    return bits.astype(np.uint16).view(np.float16).reshape(shape), dtype
   if np.issubdtype(np_dtype, np.integer):
     info = np.iinfo(np_dtype)
     wide = np.array(values, dtype=np.uint64 if np_dtype == np.uint64 else np.int64)
