@@ -198,3 +198,72 @@ def _wait_until(predicate, timeout=120.0):
     if time.monotonic() > deadline:
       raise AssertionError('condition not reached')
     time.sleep(0.02)
+
+
+# ------------------------------------------------------------------ loading like TF Serving
+def test_a_failed_load_is_retried_with_back_off_then_loads_once_the_files_are_whole(base):
+  with serve(base_path=base, max_num_load_retries=3, load_retry_interval_micros=200_000) as server:
+    version_dir = push(base, 2)
+    variables = os.path.join(version_dir, 'variables')
+    shutil.move(variables, variables + '.later')         # saved_model.pb without its variables
+    server.manager.poll()
+    state = server.manager._models['char_rnn'].states[2]
+    assert (state.state, state.failures) == (END, 1)
+    server.manager.poll()                                 # within the interval: no attempt
+    assert server.manager._models['char_rnn'].states[2].failures == 1
+    _wait_until(lambda: time.monotonic() >= server.manager._models['char_rnn'].states[2].retry_at)
+    server.manager.poll()                                 # retried, still broken
+    assert server.manager._models['char_rnn'].states[2].failures == 2
+    assert _versions(server)[1] == (AVAILABLE, 0)         # version 1 served all along
+    shutil.move(variables + '.later', variables)          # the files are whole now
+    _wait_until(lambda: time.monotonic() >= server.manager._models['char_rnn'].states[2].retry_at)
+    server.manager.poll()
+    assert _versions(server) == {2: (AVAILABLE, 0), 1: (END, 0)}
+
+
+def test_after_max_num_load_retries_a_version_waits_for_a_new_copy(base):
+  with serve(base_path=base, max_num_load_retries=1, load_retry_interval_micros=1000) as server:
+    broken = os.path.join(base, '2')
+    os.makedirs(broken)
+    with open(os.path.join(broken, 'saved_model.pb'), 'wb') as f:
+      f.write(b'not a SavedModel')
+    for _ in range(4):
+      server.manager.poll()
+      time.sleep(0.01)
+    state = server.manager._models['char_rnn'].states[2]
+    assert state.failures == 2                            # the first try + 1 retry
+    assert 'failed: ' in state.error_message and base not in state.error_message
+    os.remove(os.path.join(broken, 'saved_model.pb'))     # a new, whole copy lands
+    shutil.rmtree(broken)
+    push(base, 2)
+    server.manager.poll()
+    assert _versions(server)[2] == (AVAILABLE, 0)
+
+
+def test_version_dirs_not_plain_ascii_digits_are_ignored_with_one_log_line(base, caplog):
+  for name in ('²', '٣', '1.tmp', 'latest', '99999999999999999999'):
+    os.makedirs(os.path.join(base, name))
+    shutil.copy2(os.path.join(tiny_version_dir(), 'saved_model.pb'), os.path.join(base, name))
+  with caplog.at_level('INFO', logger='serving'):
+    with serve(base_path=base) as server:
+      server.manager.poll()
+      server.manager.poll()
+      assert _versions(server) == {1: (AVAILABLE, 0)}
+  for name in ('²', '٣', '1.tmp', 'latest', '99999999999999999999'):
+    lines = [r for r in caplog.records if r.getMessage().startswith(f'Ignoring {name!r}')]
+    assert len(lines) == 1, (name, [r.getMessage() for r in caplog.records][-10:])
+
+
+def test_a_half_copied_or_broken_version_never_blocks_a_newer_one(base):
+  with serve(base_path=base) as server, Client(f'127.0.0.1:{server.grpc_port}') as c:
+    push(base, 3, with_saved_model_pb=False)              # half-copied
+    broken = os.path.join(base, '4')
+    os.makedirs(broken)
+    with open(os.path.join(broken, 'saved_model.pb'), 'wb') as f:
+      f.write(b'garbage')
+    server.manager.poll()
+    assert c.metadata().version == 1                      # 4 failed, 3 is not there yet
+    push(base, 5)
+    server.manager.poll()
+    assert c.metadata().version == 5
+    assert 3 not in _versions(server)
