@@ -26,6 +26,11 @@ Then the compiled spec is adapted to what open-source KFP v2 runs:
 * `defaultPipelineRoot` is set, so a run without a runtime pipeline root still
   writes where the artifacts are meant to go.
 
+The Pusher task runs our executor (`components.pusher.Executor`): TFX's, with a
+push that makes a version visible only when complete (a rename on a POSIX
+filesystem; on gs://, where objects appear whole, saved_model.pb last), and
+ServedModel takes only complete, loadable versions.
+
 Nothing else is changed. There is no Resolver (ServedModel reads the Pusher's
 directory instead of ML Metadata), so the Trainer warm-starts from the served
 model (--warm-start, the default; CHAR_RNN_KFP_WARM_START=0 turns it off) and
