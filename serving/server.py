@@ -230,7 +230,7 @@ def build_arg_parser() -> argparse.ArgumentParser:
   p.add_argument('--host', default=DEFAULT_HOST,
                  help='address both ports bind; 0.0.0.0 (or ::) to serve other machines '
                       '(not a tensorflow_model_server flag: the binary binds 0.0.0.0)')
-  p.add_argument('--model_name', default='default')
+  p.add_argument('--model_name', default='default', help='name of the model given by --model_base_path')
   p.add_argument('--model_base_path', default='',
                  help='directory holding <version>/saved_model.pb')
   p.add_argument('--model_config_file', default='', help='text-format ModelServerConfig')

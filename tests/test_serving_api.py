@@ -6,6 +6,7 @@ One in-process serving.server over loopback (real gRPC and HTTP servers on
 serving.client library and raw tensorflow_serving.apis stubs; nothing is mocked.
 """
 
+import http.client
 import json
 import math
 import threading
@@ -447,8 +448,22 @@ def test_mutual_tls_round_trip_with_an_ssl_config_file(tmp_path):
       server_key=pem['server.key'].decode(), server_cert=pem['server.pem'].decode(),
       custom_ca=pem['ca.pem'].decode(), client_verify=True)))
   ssl_config = protos.parse_text(str(ssl_file), protos.SSLConfig)
-  with serve(base_path=base, ssl_config=ssl_config, rest_port=None) as s:
+  with serve(base_path=base, ssl_config=ssl_config) as s:
     target = f'localhost:{s.grpc_port}'
+    # REST serves TLS with the same certificate and the same client check.
+    import ssl
+    context = ssl.create_default_context(cafile=str(tmp_path / 'ca.pem'))
+    context.load_cert_chain(str(tmp_path / 'client.pem'), str(tmp_path / 'client.key'))
+    with urllib.request.urlopen(f'https://localhost:{s.rest_port}/v1/models/char_rnn',
+                                context=context, timeout=30) as r:
+      assert json.loads(r.read())['model_version_status'][0]['state'] == 'AVAILABLE'
+    no_client_cert = ssl.create_default_context(cafile=str(tmp_path / 'ca.pem'))
+    with pytest.raises((ssl.SSLError, urllib.error.URLError, ConnectionResetError)):
+      urllib.request.urlopen(f'https://localhost:{s.rest_port}/v1/models/char_rnn',
+                             context=no_client_cert, timeout=30).read()
+    with pytest.raises((urllib.error.URLError, ConnectionResetError, http.client.HTTPException)):
+      urllib.request.urlopen(f'http://localhost:{s.rest_port}/v1/models/char_rnn',
+                             timeout=30).read()   # plaintext to the TLS port
     with Client(target, root_certificates=pem['ca.pem'], private_key=pem['client.key'],
                 certificate_chain=pem['client.pem']) as c:
       assert len(c.generate('ROMEO:', 10)[0]) == 10

@@ -82,3 +82,38 @@ def test_shipped_models_config_serves_once_base_path_points_at_a_push(tmp_path):
   with serve(config, rest_port=None) as server:
     with Client(f'127.0.0.1:{server.grpc_port}') as c:
       assert c.metadata().version == 7
+
+
+def test_defaults_are_safe_loopback_reload_off_and_every_flag_documented(capsys):
+  args = build_arg_parser().parse_args(['--model_base_path=/m'])
+  assert args.host == '127.0.0.1'
+  assert not args.enable_reload_config and not args.allow_plaintext_rest_with_tls
+  assert (args.max_num_load_retries, args.load_retry_interval_micros) == (5, 60_000_000)
+  parser = build_arg_parser()
+  undocumented = [a.option_strings for a in parser._actions
+                  if a.option_strings != ['-h', '--help'] and not a.help]
+  assert undocumented == []
+  with pytest.raises(SystemExit):
+    parser.parse_args(['--help'])
+  text = capsys.readouterr().out
+  for flag in ('--max_request_bytes', '--max_batch_rows', '--max_string_bytes',
+               '--max_request_work', '--max_concurrent_predicts', '--max_queued_predicts',
+               '--enable_reload_config', '--reload_config_allowed_roots',
+               '--allow_plaintext_rest_with_tls', '--rest_body_timeout_seconds'):
+    assert flag in text
+
+
+def test_reload_is_refused_unless_enabled(tmp_path):
+  import grpc
+  from tensorflow_serving.apis import model_management_pb2, model_service_pb2_grpc
+  base = str(tmp_path / 'char_rnn')
+  push(base, 1)
+  with serve(base_path=base, rest_port=None) as server:
+    stub = model_service_pb2_grpc.ModelServiceStub(
+        grpc.insecure_channel(f'127.0.0.1:{server.grpc_port}'))
+    request = model_management_pb2.ReloadConfigRequest()
+    request.config.model_config_list.config.add(name='char_rnn', base_path=base)
+    with pytest.raises(grpc.RpcError) as e:
+      stub.HandleReloadConfigRequest(request, timeout=30)
+    assert e.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    assert '--enable_reload_config' in e.value.details()
