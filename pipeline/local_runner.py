@@ -52,8 +52,8 @@ def build(output_dir: str = configs.OUTPUT_DIR, preset_name: Optional[str] = Non
       beam_pipeline_args=configs.BEAM_PIPELINE_ARGS)
 
 
-def run() -> None:
-  tfx.orchestration.LocalDagRunner().run(build())
+def run(output_dir: str = configs.OUTPUT_DIR, **kwargs) -> None:
+  tfx.orchestration.LocalDagRunner().run(build(output_dir, **kwargs))
 
 
 # ------------------------------------------------------------------ what the user sees
@@ -97,7 +97,7 @@ def failure_line(component: str, error: BaseException, log_path: str) -> str:
   return f'{component} failed: {type(cause).__name__}: {message} (traceback in {log_path})'
 
 
-def _log_to_file(output_dir: str) -> str:
+def _log_to_file(output_dir: str) -> std_logging.FileHandler:
   """Everything logged during the run (absl and Python logging) also goes to a file."""
   directory = os.path.join(output_dir, LOGS_DIRNAME)
   os.makedirs(directory, exist_ok=True)
@@ -107,38 +107,49 @@ def _log_to_file(output_dir: str) -> str:
   handler.setLevel(std_logging.INFO)
   handler.setFormatter(std_logging.Formatter('%(asctime)s %(levelname)s %(name)s: %(message)s'))
   std_logging.getLogger().addHandler(handler)
-  return path
+  return handler
 
 
-def _append(log_path: str, text: str) -> None:
-  for handler in std_logging.getLogger().handlers:
+def _append(handler: std_logging.FileHandler, text: str) -> None:
+  handler.acquire()
+  try:
     handler.flush()
-  with open(log_path, 'a', encoding='utf-8') as f:
-    f.write(text)
+    handler.stream.write(text)
+    handler.flush()
+  finally:
+    handler.release()
 
 
-def main() -> int:
+def main(output_dir: str = configs.OUTPUT_DIR, **build_kwargs) -> int:
+  """Runs the pipeline; 0 and the report's path, or 1 and one line naming what failed.
+
+  `build_kwargs` go to build() (preset_name, corpus_sources, overrides, warm_start).
+  """
   logging.set_verbosity(logging.INFO)
-  output_dir = configs.OUTPUT_DIR
-  log_path = _log_to_file(output_dir)
+  handler = _log_to_file(output_dir)
+  log_path = handler.baseFilename
   metadata_path = configs.metadata_path(output_dir)
   try:
-    run()
-  except Exception as error:  # pylint: disable=broad-except
-    _append(log_path, 'The run failed:\n' + traceback.format_exc())   # the file, not the console
-    line = failure_line(failed_component(metadata_path, error), error, log_path)
-    sys.stdout.flush()
-    print(line, file=sys.stderr, flush=True)
-    return 1
-  from pipeline import report
-  try:
-    path = report.write_report(metadata_path, report.reports_dir(output_dir))
-  except Exception:  # pylint: disable=broad-except
-    _append(log_path, 'The report failed:\n' + traceback.format_exc())
-    print(f'The run succeeded; its report could not be written (see {log_path})', flush=True)
+    try:
+      run(output_dir, **build_kwargs)
+    except Exception as error:  # pylint: disable=broad-except
+      _append(handler, 'The run failed:\n' + traceback.format_exc())   # the file, not the console
+      line = failure_line(failed_component(metadata_path, error), error, log_path)
+      sys.stdout.flush()
+      print(line, file=sys.stderr, flush=True)
+      return 1
+    from pipeline import report
+    try:
+      path = report.write_report(metadata_path, report.reports_dir(output_dir))
+    except Exception:  # pylint: disable=broad-except
+      _append(handler, 'The report failed:\n' + traceback.format_exc())
+      print(f'The run succeeded; its report could not be written (see {log_path})', flush=True)
+      return 0
+    print(f'Run report: {path}', flush=True)
     return 0
-  print(f'Run report: {path}', flush=True)
-  return 0
+  finally:
+    std_logging.getLogger().removeHandler(handler)
+    handler.close()
 
 
 if __name__ == '__main__':
