@@ -11,8 +11,9 @@ What it does, all on loopback:
 
   * exports one small char_rnn SavedModel (components.model, random weights: the
     soak is about the server, not the text) and starts `python -m serving.server`
-    as a subprocess over a base directory it owns, keeping 2 versions loaded
-    (`latest {num_versions: 2}`) so a stream pinned to the previous version ends;
+    as a subprocess over a base directory it owns, keeping 3 versions loaded
+    (`latest {num_versions: 3}`) so a stream pinned to its version (5-20 one_step
+    round trips) ends even if two newer versions arrive meanwhile;
   * publishes a new version every --push-every seconds the way a careful pusher
     does: copy into a staging directory beside the base, then os.rename into
     <base>/<version> (atomic: the server never sees half a version);
@@ -37,6 +38,7 @@ growth after warm-up, the machine, the load, the exact command.
 
 import argparse
 import collections
+import concurrent.futures
 import http.client
 import json
 import math
@@ -111,7 +113,7 @@ class Publisher:
 def model_config_text(base: str) -> str:
   return ('model_config_list {\n  config {\n'
           f'    name: "{MODEL}"\n    base_path: "{base}"\n    model_platform: "tensorflow"\n'
-          '    model_version_policy { latest { num_versions: 2 } }\n  }\n}\n')
+          '    model_version_policy { latest { num_versions: 3 } }\n  }\n}\n')
 
 
 def free_port() -> int:
@@ -297,6 +299,12 @@ def hostile_cases() -> List[Tuple[str, str, Any, set]]:
        {INVALID}),
       ('grpc one 4 MB row', 'grpc', generate_request(prompts=['a' * (4 << 20)], num_chars=1),
        {INVALID, EXHAUSTED}),
+      ('grpc 17 MB message (over --max_request_bytes)', 'grpc',
+       generate_request(prompts=['a' * (17 << 20)], num_chars=1), {INVALID, EXHAUSTED}),
+      ('grpc work 1,000 rows x 2,000 chars (over --max_request_work)', 'grpc',
+       generate_request(prompts=['ROMEO:'] * 1000, num_chars=2000), {INVALID}),
+      ('grpc 1,000 empty rows + one 90 kB row', 'grpc',
+       generate_request(prompts=[''] * 1000 + ['a' * 90_000], num_chars=1), {INVALID}),
       ('grpc unknown signature', 'grpc', generate_request(signature='nope'), {PRECONDITION}),
       ('grpc unknown model', 'grpc', generate_request(model='nope'), {NOT_FOUND}),
       ('grpc missing input', 'grpc', generate_request(override={'seed': None}), {INVALID}),
@@ -310,6 +318,9 @@ def hostile_cases() -> List[Tuple[str, str, Any, set]]:
        ('POST', PREDICT_PATH, generate(num_chars=MAX_GENERATE_CHARS * 100)), {400}),
       ('rest 200,000 rows', 'rest', ('POST', PREDICT_PATH, json.dumps(
           {'signature_name': 'score', 'instances': [''] * 200_000}).encode()), {400}),
+      ('rest 17 MB body (over --max_request_bytes)', 'raw',
+       http_bytes('POST', PREDICT_PATH, json.dumps(
+           {'signature_name': 'score', 'instances': ['a' * (17 << 20)]}).encode()), {413}),
       ('rest unknown model', 'rest', ('POST', '/v1/models/nope:predict', generate()), {404}),
       ('rest path traversal', 'rest',
        ('GET', '/v1/models/..%2F..%2F..%2Fetc%2Fpasswd', None), {400, 404}),
@@ -327,28 +338,49 @@ def _leaky(message: str, base: str) -> bool:
   return 'Traceback' in message or 'Internal error' in message or base in message
 
 
-def _raw_http(port: int, data: bytes, timeout: float = 10) -> Tuple[int, str]:
+def http_bytes(method: str, path: str, body: bytes) -> bytes:
+  return (f'{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n'
+          f'Content-Length: {len(body)}\r\nConnection: close\r\n\r\n').encode() + body
+
+
+def _raw_http(port: int, data: bytes, timeout: float = 30) -> Tuple[int, str]:
+  """Writes `data` while watching for an answer, as a careful HTTP client does: a
+  server may refuse (413) before the body is all sent, then close."""
+  reply = b''
   with socket.create_connection(('127.0.0.1', port), timeout=timeout) as s:
-    s.sendall(data)
-    reply = b''
+    deadline = time.monotonic() + timeout
+    sent = 0
     try:
-      while b'\r\n\r\n' not in reply:
-        chunk = s.recv(65536)
-        if not chunk:
-          break
-        reply += chunk
-      head, _, rest = reply.partition(b'\r\n\r\n')
-      s.settimeout(1)
-      try:
-        rest += s.recv(65536)
-      except OSError:
-        pass
-    except socket.timeout:
-      return 0, 'no answer within 10 s'
+      while time.monotonic() < deadline:
+        readable, writable, _ = select.select([s], [s] if sent < len(data) else [], [], 1)
+        if readable:
+          chunk = s.recv(65536)
+          if not chunk:
+            break
+          reply += chunk
+          if b'\r\n\r\n' in reply and sent >= len(data):
+            s.settimeout(1)
+            try:
+              while True:
+                chunk = s.recv(65536)
+                if not chunk:
+                  break
+                reply += chunk
+            except OSError:
+              pass
+            break
+          if b'\r\n\r\n' in reply:
+            sent = len(data)          # answered before the body was all sent: stop sending
+        elif writable:
+          sent += s.send(data[sent:sent + 65536])
+    except OSError as e:
+      if not reply:
+        return 0, f'{type(e).__name__}: {e}'
+  head, _, rest = reply.partition(b'\r\n\r\n')
   try:
     return int(head.split(b' ')[1]), rest.decode('utf-8', 'replace')
   except (IndexError, ValueError):
-    return 0, f'unparsable answer {reply[:80]!r}'
+    return 0, f'no HTTP answer within {timeout:.0f} s: {reply[:80]!r}'
 
 
 # --------------------------------------------------------------------- abandoned requests
@@ -424,6 +456,10 @@ def main(argv=None) -> Dict[str, Any]:
   p.add_argument('--rnn-units', type=int, default=64)
   p.add_argument('--embedding-dim', type=int, default=16)
   p.add_argument('--grpc-generate-threads', type=int, default=2)
+  p.add_argument('--burst-every', type=float, default=10,
+                 help='seconds between bursts of concurrent well-formed generates')
+  p.add_argument('--burst-grpc', type=int, default=24, help='gRPC requests in a burst')
+  p.add_argument('--burst-rest', type=int, default=8, help='REST requests in a burst')
   p.add_argument('--abandon-chars', type=int, default=10_000,
                  help='num_chars of the requests that get abandoned (x 16 rows)')
   p.add_argument('--retries', type=int, default=8,
@@ -500,7 +536,7 @@ def main(argv=None) -> Dict[str, Any]:
       return client
 
     # ---- well-formed traffic
-    def grpc_generate(client):
+    def grpc_generate(client, kind='grpc generate'):
       def body(rng):
         batch, n = rng.randint(1, 4), rng.randint(20, 300)
         prompts = [rng.choice(lines)[:rng.randint(1, 40)] for _ in range(batch)]
@@ -508,7 +544,7 @@ def main(argv=None) -> Dict[str, Any]:
           texts = client.generate(prompts, n, 1.0, seed=rng.getrandbits(31))
           if len(texts) != batch or any(len(t) != n for t in texts):
             raise AssertionError(f'asked {batch} x {n} chars, got {[len(t) for t in texts]}')
-        timed(ledger, 'grpc generate', call)
+        timed(ledger, kind, call)
       return body
 
     def grpc_score(client):
@@ -524,7 +560,7 @@ def main(argv=None) -> Dict[str, Any]:
 
     def grpc_stream(client):
       def body(rng):
-        n = rng.randint(10, 40)
+        n = rng.randint(5, 20)
         def call():
           got = list(client.stream(rng.choice(lines)[:20] or 'A', n, 1.0))
           if len(got) != n:
@@ -532,7 +568,7 @@ def main(argv=None) -> Dict[str, Any]:
         timed(ledger, 'grpc stream (one_step)', call)
       return body
 
-    def rest_generate(rest):
+    def rest_generate(rest, kind='rest generate'):
       def body(rng):
         batch, n = rng.randint(1, 4), rng.randint(20, 300)
         def call():
@@ -542,7 +578,7 @@ def main(argv=None) -> Dict[str, Any]:
           texts = out['text'] if isinstance(out, dict) else out
           if len(texts) != batch or any(len(t) != n for t in texts):
             raise AssertionError(f'asked {batch} x {n} chars, got {[len(t) for t in texts]}')
-        timed(ledger, 'rest generate', call)
+        timed(ledger, kind, call)
       return body
 
     def rest_score(rest):
@@ -579,23 +615,31 @@ def main(argv=None) -> Dict[str, Any]:
     hostile_rest = Rest(rest_port, ledger, 'hostile', retries=0)
     counter = iter(range(10 ** 9))
 
-    def hostile(rng):
-      name, transport, request, expected = cases[next(counter) % len(cases)]
+    def hostile_once(transport, request):
       if transport == 'grpc':
         try:
           hostile_stub.Predict(request, timeout=60)
-          got, message = 'OK', ''
+          return 'OK', ''
         except grpc.RpcError as e:
-          got, message = e.code().name, e.details() or ''
-      elif transport == 'rest':
+          return e.code().name, e.details() or ''
+      if transport == 'rest':
         try:     # a fresh connection each: a server may close one after refusing a request
           got, data = hostile_rest.request(*request, timeout=60)
         except (OSError, http.client.HTTPException) as e:
           got, data = 0, f'{type(e).__name__}: {e}'.encode()
         hostile_rest.close()
-        message = data.decode('utf-8', 'replace')
-      else:
-        got, message = _raw_http(rest_port, request)
+        return got, data.decode('utf-8', 'replace')
+      return _raw_http(rest_port, request)
+
+    def hostile(rng):
+      name, transport, request, expected = cases[next(counter) % len(cases)]
+      for attempt in range(args.retries + 1):
+        got, message = hostile_once(transport, request)
+        # A busy server may refuse before it looks at the request; ask again later.
+        if got not in (EXHAUSTED, 429) or 'busy' not in message.lower() or attempt == args.retries:
+          break
+        ledger.shed['hostile'] += 1
+        time.sleep(min(2.0, 0.1 * 2 ** attempt) * random.uniform(0.5, 1.0))
       ledger.hostile_result(name, expected, got, message, _leaky(message, work))
 
     # ---- abandoned requests
@@ -633,8 +677,27 @@ def main(argv=None) -> Dict[str, Any]:
       abandon_modes[next(abandon_counter) % len(abandon_modes)]()
       stop.wait(0.5)
 
+    # ---- bursts: more well-formed requests at once than the server admits
+    burst_client = new_client()
+    burst_rests = [Rest(rest_port, ledger, 'burst', args.retries) for _ in range(args.burst_rest)]
+    burst_pool = concurrent.futures.ThreadPoolExecutor(args.burst_grpc + args.burst_rest,
+                                                       thread_name_prefix='burst')
+
+    def burst(rng):
+      stop.wait(args.burst_every)
+      if stop.is_set() or time.monotonic() >= end:
+        return
+      jobs = [burst_pool.submit(grpc_generate(burst_client, 'grpc burst generate'),
+                                random.Random(rng.getrandbits(32)))
+              for _ in range(args.burst_grpc)]
+      jobs += [burst_pool.submit(rest_generate(rest, 'rest burst generate'),
+                                 random.Random(rng.getrandbits(32))) for rest in burst_rests]
+      for job in jobs:
+        job.result()
+
     threads = [loop(grpc_generate(new_client()), 10 + i)
                for i in range(args.grpc_generate_threads)]
+    threads.append(loop(burst, 90))
     threads += [loop(grpc_score(new_client()), 20), loop(grpc_stream(new_client()), 30),
                 loop(rest_generate(Rest(rest_port, ledger, 'rest generate', args.retries)), 40),
                 loop(rest_score(Rest(rest_port, ledger, 'rest score', args.retries)), 50),
@@ -691,6 +754,7 @@ def main(argv=None) -> Dict[str, Any]:
         final['normal_generate_ok'] = len(c.generate('ROMEO:', 5, seed=1)[0]) == 5
         final['normal_generate_ms'] = round((time.perf_counter() - t) * 1e3, 1)
       final['rss_final_mib'] = round(process.memory_info().rss / 2 ** 20, 1)
+    burst_pool.shutdown(wait=True)
     for client in clients:
       client.close()
     hostile_channel.close()
