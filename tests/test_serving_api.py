@@ -507,3 +507,13 @@ def test_cli_errors_are_one_line_with_a_hint_and_no_traceback(target, capsys):
   assert capsys.readouterr().err.startswith('error: INVALID_ARGUMENT:')
   assert cli.main(['status', f'--target=127.0.0.1:{free_port()}', '--retries=0']) == 1
   assert 'error: UNAVAILABLE' in capsys.readouterr().err
+
+
+def test_rest_mounts_the_playground_beside_the_api(server):
+  pytest.importorskip('serving.playground')
+  with urllib.request.urlopen(f'http://127.0.0.1:{server.rest_port}/playground/', timeout=30) as r:
+    assert r.status == 200 and b'<html' in r.read().lower()
+  status, body = rest(server, 'GET', '/nope')
+  assert status == 404 and body == {'error': 'Not found: /nope'}
+  status, body = rest(server, 'PUT', '/v1/models/char_rnn:predict', {})
+  assert status == 405 and 'Method PUT is not allowed' in body['error']
