@@ -75,15 +75,32 @@ class EvaluationGateSpec(ComponentSpec):
   OUTPUTS = {'blessing': ChannelParameter(type=standard_artifacts.ModelBlessing)}
 
 
-def eval_texts(examples_uri: str, vocab: CharVocab, max_windows: int = 0) -> List[str]:
-  """The eval split's windows, decoded back to text."""
-  ds = examples_format.record_dataset(examples_format.split_files(examples_uri, 'eval'))
-  if max_windows:
-    ds = ds.take(max_windows)
-  texts = []
-  for batch in ds.batch(1024):
-    for ids in examples_format.parse_windows(batch).numpy():
-      texts.append(vocab.decode(ids))
+def eval_texts(examples_uri: str, vocab: CharVocab, max_windows: int = 0,
+               expected_windows: Optional[int] = None) -> List[str]:
+  """The eval split's windows, decoded back to text.
+
+  A file that does not read to its end (truncated, corrupted) is an error naming
+  it; so is a split holding another number of windows than WindowGen wrote
+  (`expected_windows`, when known and every window is read): the gate never
+  judges a model on part of the eval text.
+  """
+  texts: List[str] = []
+  for path in examples_format.split_files(examples_uri, 'eval'):
+    ds = examples_format.record_dataset([path])
+    if max_windows:
+      ds = ds.take(max_windows - len(texts))
+    try:
+      for batch in ds.batch(1024):
+        for ids in examples_format.parse_windows(batch).numpy():
+          texts.append(vocab.decode(ids))
+    except tf.errors.OpError as e:
+      raise ValueError(f'{path}: truncated or corrupted TFRecord file '
+                       f'({type(e).__name__}: {e.message.splitlines()[0][:200]})') from e
+    if max_windows and len(texts) >= max_windows:
+      break
+  if not max_windows and expected_windows is not None and len(texts) != expected_windows:
+    raise ValueError(f'{examples_format.split_dir(examples_uri, "eval")}: {len(texts)} windows, '
+                     f'but WindowGen wrote {expected_windows}: files are missing or truncated')
   return texts
 
 
@@ -155,7 +172,9 @@ class Executor(base_executor.BaseExecutor):
     baseline: Optional[types.Artifact] = baselines[0] if baselines else None
     blessing = artifact_utils.get_single_instance(output_dict['blessing'])
 
-    texts = eval_texts(examples.uri, vocab, exec_properties['max_eval_windows'])
+    expected = (examples.get_int_custom_property('num_windows_eval')
+                if examples.has_custom_property('num_windows_eval') else None)
+    texts = eval_texts(examples.uri, vocab, exec_properties['max_eval_windows'], expected)
     loss = eval_loss(path_utils.serving_model_path(model.uri), texts)
     entropy = unigram_entropy(texts)
     ratio = exec_properties.get('max_eval_loss_ratio') or None

@@ -1,8 +1,11 @@
 """EvaluationGate: eval loss of the exported model decides the blessing the Pusher honours."""
 
+import glob
 import json
 import math
 import os
+import re
+import shutil
 
 import numpy as np
 import pytest
@@ -233,3 +236,23 @@ def test_no_threshold_set_judges_on_finiteness_and_baseline_only(setup):
                            max_eval_loss_ratio=0)
   assert blessing.get_int_custom_property('blessed') == 1, result['reasons']
   assert result['max_eval_loss'] is None and result['ratio_threshold'] is None
+
+
+def test_a_truncated_eval_shard_is_an_error_naming_the_file(setup, tmp_path):
+  _, examples, *_ = setup
+  broken = tmp_path / 'examples'
+  shutil.copytree(examples, broken)
+  [path] = glob.glob(str(broken / 'Split-eval' / '*'))
+  with open(path, 'r+b') as f:
+    f.truncate(os.path.getsize(path) // 2)
+  with pytest.raises(ValueError, match=re.escape(path) + ': truncated or corrupted'):
+    evaluation_gate.eval_texts(str(broken), VOCAB)
+
+
+def test_fewer_eval_windows_than_windowgen_wrote_is_an_error(setup):
+  _, examples, *_ = setup
+  n = len(evaluation_gate.eval_texts(str(examples), VOCAB))
+  assert len(evaluation_gate.eval_texts(str(examples), VOCAB, expected_windows=n)) == n
+  with pytest.raises(ValueError, match=f'{n} windows, but WindowGen wrote {n + 5}'):
+    evaluation_gate.eval_texts(str(examples), VOCAB, expected_windows=n + 5)
+  assert len(evaluation_gate.eval_texts(str(examples), VOCAB, max_windows=3)) == 3

@@ -11,6 +11,7 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import tensorflow as tf
 from ml_metadata.metadata_store import metadata_store
@@ -22,6 +23,7 @@ from tests.conftest import REPO_DIR, run_local_pipeline
 NODES = ['CorpusIngest', 'VocabularyGen', 'WindowGen', 'ServedModel', 'CharRnnTrainer',
          'EvaluationGate', 'Pusher']
 Execution = metadata_store_pb2.Execution
+SLOW = os.environ.get('CHAR_RNN_SLOW_TESTS', '') not in ('', '0')
 
 
 def _store(run):
@@ -39,7 +41,11 @@ def _executions_by_node(store):
 
 
 def _versions(run):
-  return sorted(d for d in os.listdir(run.model_base_path) if d.isdigit())
+  """The pushed version directories; the atomic Pusher leaves nothing else there."""
+  from components import pusher
+  names = os.listdir(run.model_base_path)
+  assert all(pusher.is_version_name(n) for n in names), names
+  return sorted(names)
 
 
 def test_every_component_ran_and_artifacts_are_linked(tiny_pipeline):
@@ -194,3 +200,128 @@ def test_tfx_cli_creates_and_runs_the_pipeline_on_the_local_engine(tmp_path, cor
   pushed = glob.glob(str(tmp_path / 'out' / 'serving_model' / 'char_rnn' / '*' / 'saved_model.pb'))
   assert len(pushed) == 1
   assert os.path.exists(tmp_path / 'out' / 'metadata' / 'char-rnn' / 'metadata.db')
+
+
+_RUN_FROM_COPY = '''
+import json, sys
+from tfx import v1 as tfx
+import components.window_gen
+from pipeline import local_runner
+print('MODULE ' + components.window_gen.__file__, flush=True)
+for _ in range(int(sys.argv[3])):
+  tfx.orchestration.LocalDagRunner().run(
+      local_runner.build(sys.argv[1], 'tiny', [sys.argv[2]], sys.argv[4], False))
+'''
+
+
+@pytest.mark.skipif(not SLOW, reason='set CHAR_RNN_SLOW_TESTS=1: three pipeline runs in fresh '
+                                     'processes (1-2 min on 2 idle cores)')
+def test_an_edit_to_a_components_code_reruns_it_and_what_follows(tmp_path, corpus_path):
+  """Cache keys cover the code: a copy of the repository, run, edited, run again."""
+  import shutil
+  copy = tmp_path / 'repo'
+  for package in ('components', 'pipeline', 'charrnn'):
+    shutil.copytree(os.path.join(REPO_DIR, package), copy / package,
+                    ignore=shutil.ignore_patterns('__pycache__'))
+  corpus = tmp_path / 'corpus.txt'
+  with open(corpus_path, encoding='utf-8') as f:
+    corpus.write_text(f.read()[:200_000], encoding='utf-8')   # enough for the tiny preset
+  out = tmp_path / 'out'
+  env = dict(os.environ, PYTHONPATH=str(copy), PYTHONWARNINGS='ignore', TF_CPP_MIN_LOG_LEVEL='2')
+
+  def run_from_copy(times):
+    result = subprocess.run(
+        [sys.executable, '-c', _RUN_FROM_COPY, str(out), str(corpus), str(times),
+         'steps_per_epoch=5,eval_steps=2'],
+        cwd=str(copy), env=env, capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
+    assert f'MODULE {copy / "components" / "window_gen.py"}' in result.stdout, \
+        'the copy, not the repository, must run'
+
+  run_from_copy(2)
+  window_gen = copy / 'components' / 'window_gen.py'
+  window_gen.write_text(window_gen.read_text() + '\n# an edit that changes no behaviour\n')
+  run_from_copy(1)
+
+  from pipeline import configs
+  store = metadata_store.MetadataStore(
+      tfx.orchestration.metadata.sqlite_metadata_connection_config(configs.metadata_path(str(out))))
+  states = {node: [e.last_known_state for e in executions]
+            for node, executions in _executions_by_node(store).items()}
+  C, K = Execution.COMPLETE, Execution.CACHED
+  # Run 2, nothing changed: cached up to the Trainer. Run 3, WindowGen edited:
+  # it and everything downstream of it runs again; what is upstream stays cached.
+  assert states['CorpusIngest'] == [C, K, K]
+  assert states['VocabularyGen'] == [C, K, K]
+  assert states['WindowGen'] == [C, K, C]
+  assert states['CharRnnTrainer'] == [C, K, C]
+  assert states['EvaluationGate'][-1] == C
+  assert states['Pusher'][-1] == C
+
+
+def _cjk_corpus(path, distinct=5200, chars=240_000, seed=0):
+  """Text over >= 5,000 distinct CJK ideographs, with structure a model can learn.
+
+  A lexicon of 2-4 character words over `distinct` ideographs (every one used),
+  drawn with Zipf-like frequencies into sentences that end in '。' and lines.
+  """
+  import numpy as np
+  rng = np.random.default_rng(seed)
+  alphabet = [chr(c) for c in rng.choice(np.arange(0x4E00, 0x9FFF), distinct, replace=False)]
+  words = [''.join(alphabet[i:i + 3]) for i in range(0, distinct, 3)]      # covers each char
+  words += [''.join(rng.choice(alphabet, rng.integers(2, 5))) for _ in range(3000)]
+  weights = 1.0 / np.arange(1, len(words) + 1) ** 0.6
+  weights /= weights.sum()
+  order = rng.permutation(len(words))
+  out, n = [], 0
+  while n < chars:
+    sentence = ''.join(words[order[i]] for i in rng.choice(len(words), rng.integers(3, 9),
+                                                            p=weights)) + '。'
+    if rng.random() < 0.3:
+      sentence += '\n'
+    out.append(sentence)
+    n += len(sentence)
+  text = ''.join(words) + '\n' + ''.join(out)          # every word (and char) at least once
+  with open(path, 'w', encoding='utf-8') as f:
+    f.write(text)
+  return text
+
+
+@pytest.mark.skipif(not SLOW, reason='set CHAR_RNN_SLOW_TESTS=1: a tiny pipeline run on a '
+                                     '5,200-character vocabulary (~1-2 min on 2 cores)')
+def test_a_corpus_of_thousands_of_distinct_characters_is_blessed_pushed_and_served(tmp_path):
+  corpus = tmp_path / 'cjk.txt'
+  text = _cjk_corpus(str(corpus))
+  assert len(set(text)) >= 5000
+  run = run_local_pipeline(str(tmp_path / 'out'), [str(corpus)])
+  store = _store(run)
+  [vocab] = store.get_artifacts_by_type('charrnn.Vocabulary')
+  assert vocab.custom_properties['vocab_size'].int_value == len(set(text)) + 1
+  [blessing] = store.get_artifacts_by_type('ModelBlessing')
+  with open(os.path.join(blessing.uri, 'evaluation.json')) as f:
+    evaluation = json.load(f)
+  # An absolute 4.2 nats would refuse it (a fresh model starts near ln 5,200 =
+  # 8.6); relative to the eval text's own unigram entropy it is judged fairly.
+  assert evaluation['unigram_entropy'] > 7.0
+  assert evaluation['eval_loss'] <= evaluation['ratio_threshold'], evaluation
+  assert evaluation['blessed'], evaluation['reasons']
+  [version] = _versions(run)
+  version_dir = os.path.join(run.model_base_path, version)
+  loaded = tf.saved_model.load(version_dir)
+  sigs = loaded.signatures
+  assert set(sigs) == {'one_step', 'generate', 'serving_default', 'score'}
+  logits = sigs['one_step'](inputs=tf.constant([text[:5]]),
+                            states=tf.zeros([1, sigs['one_step'].structured_input_signature[1]
+                                             ['states'].shape[1]]),
+                            temperature=tf.constant(1.0))['logits']
+  assert logits.shape == (1, len(set(text)) + 1)
+  args = dict(prompt=tf.constant([text[:4], '']), num_chars=tf.constant(50),
+              temperature=tf.constant(1.0), seed=tf.constant(3, tf.int64))
+  first, again = sigs['generate'](**args), sigs['generate'](**args)
+  generated = [t.decode('utf-8') for t in first['text'].numpy()]
+  assert [len(t) for t in generated] == [50, 50]
+  assert generated == [t.decode('utf-8') for t in again['text'].numpy()]   # seeded
+  assert set(''.join(generated)) <= set(text)
+  score = sigs['score'](text=tf.constant([text[100:160]]))
+  assert score['num_scored'].numpy().tolist() == [59]
+  assert np.isfinite(score['log_likelihood'].numpy()).all()
