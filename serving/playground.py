@@ -55,12 +55,10 @@ def _read_json(path: str) -> Any:
     return None
 
 
-def model_info(manager: ModelManager, name: str) -> Dict[str, Any]:
-  """What the page shows about the version serving Latest(name); ServingError if none."""
-  servable = manager.servable(model_pb2.ModelSpec(name=name))
-  extra = os.path.join(servable.path, EXTRA_DIR)
-  info: Dict[str, Any] = {'name': name, 'version': servable.version,
-                          'signatures': sorted(servable.signature_defs)}
+def version_info(name: str, version: int, path: str, signatures) -> Dict[str, Any]:
+  """What the page shows about one version directory (its assets.extra/ files)."""
+  extra = os.path.join(path, EXTRA_DIR)
+  info: Dict[str, Any] = {'name': name, 'version': version, 'signatures': sorted(signatures)}
   metrics = _read_json(os.path.join(extra, METRICS_FILE))
   if isinstance(metrics, dict):
     info.update({k: metrics[k] for k in _METRIC_KEYS if k in metrics})
@@ -78,6 +76,12 @@ def model_info(manager: ModelManager, name: str) -> Dict[str, Any]:
     info['vocab_size'] = len(tokens)
     info['tokens'] = tokens   # labels for one_step's logits (the hover's alternatives)
   return info
+
+
+def model_info(manager: ModelManager, name: str) -> Dict[str, Any]:
+  """What the page shows about the version serving Latest(name); RequestError if none."""
+  servable = manager.servable(model_pb2.ModelSpec(name=name))
+  return version_info(name, servable.version, servable.path, servable.signature_defs)
 
 
 class InfoHandler(tornado.web.RequestHandler):
@@ -112,3 +116,27 @@ def routes(manager: ModelManager) -> List[tuple]:
       (r'/playground/(.*)', _StaticHandler,
        {'path': STATIC_DIR, 'default_filename': 'index.html'}),
   ]
+
+
+def main(argv=None) -> int:
+  """`--info <version dir>`: the JSON /playground/info/ answers, for a proxy to serve as a file."""
+  import argparse
+  from serving.models import read_signature_defs
+  parser = argparse.ArgumentParser(description=main.__doc__)
+  parser.add_argument('--info', required=True, metavar='VERSION_DIR')
+  parser.add_argument('--model_name', default='char_rnn')
+  args = parser.parse_args(argv)
+  path = os.path.abspath(args.info.rstrip('/'))
+  version = os.path.basename(path)
+  if not version.isdigit():
+    parser.error(f'{args.info} is not a version directory (<base path>/<number>)')
+  try:
+    signatures = read_signature_defs(path)
+  except (OSError, ValueError) as e:
+    parser.error(f'{args.info}: not a SavedModel ({e})')
+  print(json.dumps(version_info(args.model_name, int(version), path, signatures)))
+  return 0
+
+
+if __name__ == '__main__':
+  raise SystemExit(main())

@@ -10,9 +10,12 @@
 // Errors (server down, a limit, bad input) are shown in the page's #error box.
 'use strict';
 
-const MODEL = new URLSearchParams(location.search).get('model') || 'char_rnn';
-const API = `/v1/models/${encodeURIComponent(MODEL)}`;
-const INFO = `/playground/info/${encodeURIComponent(MODEL)}`;
+const PARAMS = new URLSearchParams(location.search);
+const MODEL = PARAMS.get('model') || 'char_rnn';
+// ?api=https://host:port: the TF Serving REST API on another origin (it must allow CORS).
+const ROOT = (PARAMS.get('api') || '').replace(/\/+$/, '');
+const API = `${ROOT}/v1/models/${encodeURIComponent(MODEL)}`;
+const INFO = `${ROOT}/playground/info/${encodeURIComponent(MODEL)}`;
 const FIRST_CHUNK = 4;         // characters in the first generate call: text shows at once
 const MAX_CHUNK = 32;          // ... doubling up to this
 const SCORE_BATCH = 32;        // prefixes per score call
@@ -40,7 +43,7 @@ async function call(path, body, signal) {
       headers: {'Content-Type': 'application/json'}, body: JSON.stringify(body)});
   } catch (e) {
     if (e.name === 'AbortError') throw e;
-    throw new ApiError(`Cannot reach the model server at ${location.origin} ` +
+    throw new ApiError(`Cannot reach the model server at ${ROOT || location.origin} ` +
                        `(${e.message}). Is it running?`);
   }
   const text = await response.text();
