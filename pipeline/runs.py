@@ -249,7 +249,9 @@ def preset_name(trainer_config: Dict[str, Any]) -> str:
     return trainer_config['preset']
   best, best_diff = None, None
   for name, preset in configs.PRESETS.items():
-    fields = preset.training_config()
+    # The Preset's own fields (training_config() would validate through the model
+    # code and import TensorFlow: seconds that `make status` does not need).
+    fields = dataclasses.asdict(preset)
     diff = {k: trainer_config[k] for k in fields
             if k in trainer_config and trainer_config[k] != fields[k]}
     if best_diff is None or len(diff) < len(best_diff):
