@@ -132,3 +132,35 @@ def test_keras_evaluate_on_the_dataset_equals_the_mean_batch_loss(tmp_path):
     per_batch = [float(loss(y, model(x))) for x, y in ds]
     assert len(per_batch) == 5
     assert model.evaluate(ds, verbose=0) == pytest.approx(np.mean(per_batch), rel=1e-5)
+
+
+def test_a_stream_skipped_by_n_batches_is_the_uninterrupted_stream_from_batch_n(tmp_path):
+  """How a resumed run sees the data an uninterrupted one would (same seed)."""
+  files = _tiling_windows(tmp_path / 'Split-train', np.arange(1, 402), 10, 10)
+  for offsets in (False, True):
+    def stream(skip):
+      ds = trainer_module.make_dataset(files, 10, 4, shuffle_buffer=100, repeat=True,
+                                       random_offsets=offsets, seed=11, skip_batches=skip)
+      return [x.numpy() for x, _ in ds.take(25 - skip)]
+    whole = stream(0)
+    resumed = stream(13)          # more than one pass over the 40 windows
+    assert len(resumed) == 12
+    for a, b in zip(whole[13:], resumed):
+      np.testing.assert_array_equal(a, b)
+  with pytest.raises(ValueError, match='skip_batches needs repeat=True'):
+    trainer_module.make_dataset(files, 10, 4, skip_batches=2)
+
+
+def test_an_epoch_is_one_pass_unless_steps_per_epoch_says_otherwise(tmp_path):
+  from components.training_config import TrainingConfig  # pylint: disable=g-import-not-at-top
+  from pipeline import configs  # pylint: disable=g-import-not-at-top
+  files = _tiling_windows(tmp_path / 'Split-train', np.arange(1, 402), 10, 10)   # 40 windows
+  def config(overrides):
+    return TrainingConfig.from_settings(configs.get_preset('tiny', overrides))
+  assert trainer_module.steps_per_epoch(config('steps_per_epoch=7'), 40, files) == 7
+  assert trainer_module.steps_per_epoch(config('steps_per_epoch=None, batch_size=8'), None,
+                                        files) == 5
+  assert trainer_module.steps_per_epoch(
+      config('steps_per_epoch=None, batch_size=8, random_offsets=true'), 40, files) == 4
+  with pytest.raises(ValueError, match='fewer than one batch of batch_size=64'):
+    trainer_module.steps_per_epoch(config('steps_per_epoch=None, batch_size=64'), 40, files)
