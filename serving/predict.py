@@ -182,12 +182,13 @@ def _shape(alias: str, proto, limits: Limits) -> Tuple[Tuple[int, ...], int]:
   dims = [d.size for d in proto.tensor_shape.dim]
   if len(dims) > MAX_RANK:
     raise invalid(f'tensor parsing error: {alias}: rank {len(dims)} is over {MAX_RANK}')
-  count = 1
+  count, nonzero = 1, 1   # nonzero: [0, 2^40] holds no value but is no shape to accept
   for d in dims:
     if d < 0:
       raise invalid(f'tensor parsing error: {alias}: dimension {d} is negative')
     count *= d
-    if count > limits.max_tensor_elements:
+    nonzero *= max(d, 1)
+    if nonzero > limits.max_tensor_elements:
       raise invalid(f'tensor parsing error: {alias}: declared shape '
                     f'[{",".join(map(str, dims))}] has more than {limits.max_tensor_elements} '
                     'elements (--max_tensor_elements)')
