@@ -129,7 +129,9 @@ def plot(run: runs.RunRecord, path: str) -> None:
   if budget:
     ax.axvline(budget, color='C3', ls='--', label=f'budget {budget:.0f} s')
     ax.legend()
-  ax.set_xlabel('seconds of training')
+  ax.set_xlim(left=0)
+  ax.set_ylim(bottom=0)
+  ax.set_xlabel('seconds since the Trainer started')
   ax.set_ylabel('step')
 
   ax = axes[1][1]
@@ -142,9 +144,8 @@ def plot(run: runs.RunRecord, path: str) -> None:
     ax.bar([k for k, _ in bars], [v for _, v in bars], color=['C0', 'C7'][:len(bars)])
     for i, (_, v) in enumerate(bars):
       ax.text(i, v, f'{v:.4f}', ha='center', va='bottom')
-    if evaluation.get('max_eval_loss') is not None:
-      ax.axhline(evaluation['max_eval_loss'], color='C3', ls='--',
-                 label=f'threshold {evaluation["max_eval_loss"]}')
+    for (label, loss), style in zip(_thresholds(evaluation), ('--', '-.')):
+      ax.axhline(loss, color='C3', ls=style, label=f'{label} = {loss:.3f}')
     if evaluation.get('baseline_eval_loss') is not None:
       ax.axhline(evaluation['baseline_eval_loss'] + evaluation.get('regression_tolerance', 0),
                  color='C1', ls=':', label='baseline + tolerance')
@@ -202,6 +203,32 @@ code { font-size: 12px; } img { max-width: 100%; border: 1px solid #e4e4e8; }
 """
 
 
+def _thresholds(evaluation: Dict[str, Any]) -> List[tuple]:
+  """(label, loss) of the gate's absolute limits, as evaluation.json records them."""
+  out = []
+  if evaluation.get('ratio_threshold') is not None:
+    out.append((f'{evaluation.get("max_eval_loss_ratio")} x unigram entropy',
+                evaluation['ratio_threshold']))
+  if evaluation.get('max_eval_loss'):
+    out.append(('max_eval_loss', evaluation['max_eval_loss']))
+  return out
+
+
+def _rules(evaluation: Dict[str, Any]) -> List[str]:
+  rules = []
+  if evaluation.get('ratio_threshold') is not None:
+    rules.append(f'eval loss ≤ {_num(evaluation.get("max_eval_loss_ratio"), 2)} × the eval '
+                 f'text\'s unigram entropy {_num(evaluation.get("unigram_entropy"))} = '
+                 f'{_num(evaluation["ratio_threshold"])}')
+  if evaluation.get('max_eval_loss'):
+    rules.append(f'eval loss ≤ {_num(evaluation["max_eval_loss"])}')
+  if evaluation.get('baseline_eval_loss') is not None:
+    rules.append(f'eval loss ≤ baseline + {_num(evaluation.get("regression_tolerance"))}')
+  if evaluation.get('eval_loss_finite') is not None:
+    rules.append('finite')
+  return rules or ['—']
+
+
 def render(run: runs.RunRecord, plots_file: str = PLOTS_FILE) -> str:
   history, metrics, evaluation = run.history(), run.metrics(), run.evaluation()
   corpus, vocab = run.corpus(), run.vocabulary()
@@ -230,9 +257,7 @@ def render(run: runs.RunRecord, plots_file: str = PLOTS_FILE) -> str:
             ['baseline (served) eval loss',
              (f'{_num(base)} nats/char (version {_e(run.baseline_version())})'
               if base is not None else 'none: nothing was served yet')],
-            ['rule', f'eval loss ≤ {_num(evaluation.get("max_eval_loss"))}'
-             + (f' and ≤ baseline + {_num(evaluation.get("regression_tolerance"))}'
-                if base is not None else '')],
+            ['rule', ' and '.join(_rules(evaluation))],
             ['pushed version', _e(run.pushed_version()) if run.pushed_version()
              else 'nothing pushed']]
     parts.append(_table(rows))
