@@ -39,6 +39,7 @@ import math
 import os
 import random
 import sys
+import threading
 import time
 from typing import Dict, Iterator, List, Mapping, Optional, Sequence, Union
 
@@ -230,6 +231,7 @@ class Client:
     self._models = model_service_pb2_grpc.ModelServiceStub(channel)
     self._info: Dict[Optional[int], ModelInfo] = {}
     self.retry_counts: collections.Counter = collections.Counter()   # code name -> retries
+    self._count_lock = threading.Lock()   # one Client may serve many threads
 
   # -------------------------------------------------------------- plumbing
   def close(self) -> None:
@@ -258,7 +260,8 @@ class Client:
       except grpc.RpcError as e:
         if not _retryable(e) or attempt >= self.retries:
           raise _error_from_rpc(e, self.target) from None
-        self.retry_counts[e.code().name] += 1
+        with self._count_lock:
+          self.retry_counts[e.code().name] += 1
       delay = min(self.max_backoff, self.backoff * 2 ** attempt)
       time.sleep(delay * random.uniform(0.5, 1.0))
       attempt += 1
