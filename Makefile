@@ -16,6 +16,13 @@ PYTEST_ARGS ?=
 IMAGE ?= char-rnn-tfx:0.1.0
 KFP_HOST ?= http://localhost:8080
 KFP_SPEC ?= $(OUTPUT_DIR)/kubeflow/char-rnn.yaml
+# Where the Beam steps (CorpusIngest, WindowGen) run: direct (this process, the
+# default) or dask (a dask.distributed cluster: DASK_WORKERS worker processes on
+# 127.0.0.1 started and stopped around the run, or an existing scheduler at
+# DASK_ADDRESS=tcp://HOST:PORT). E.g. `make run BEAM=dask DASK_WORKERS=4`.
+BEAM ?= direct
+DASK_WORKERS ?= 2
+DASK_ADDRESS ?=
 
 export CHAR_RNN_CORPUS := $(CORPUS)
 export CHAR_RNN_PRESET := $(PRESET)
@@ -25,6 +32,12 @@ export PYTHONWARNINGS := ignore
 export TF_CPP_MIN_LOG_LEVEL := 1
 
 SERVING_BASE := $(OUTPUT_DIR)/serving_model/char_rnn
+
+ifeq ($(BEAM),dask)
+ON_BEAM := $(PY) -m pipeline.dask_cluster --workers=$(DASK_WORKERS) $(if $(DASK_ADDRESS),--address=$(DASK_ADDRESS)) --
+else ifneq ($(BEAM),direct)
+$(error BEAM=$(BEAM): use BEAM=direct or BEAM=dask (other runners: CHAR_RNN_BEAM_ARGS, see README))
+endif
 
 .PHONY: install run pipeline serve generate test image kubeflow-compile kubeflow-schedule lock clean \
 	status rollback rollforward tensorboard
@@ -39,13 +52,13 @@ install: $(VENV)/.installed
 
 ## The main job: train (PRESET, default cpu) -> gate -> push -> serve -> generate.
 run: install
-	$(PY) -m pipeline.local_runner
+	$(ON_BEAM) $(PY) -m pipeline.local_runner
 	bash scripts/serve_and_generate.sh "$(SERVING_BASE)" "$(PROMPT)" $(NUM_CHARS)
 	@echo "Run report: $$($(PY) -m pipeline.report --path)"
 
 ## Only the pipeline (what `tfx run create --engine=local` runs).
 pipeline: install
-	$(PY) -m pipeline.local_runner
+	$(ON_BEAM) $(PY) -m pipeline.local_runner
 
 ## A TF-Serving-compatible server over the pushed versions (gRPC 8500, REST 8501).
 serve: install
