@@ -13,10 +13,12 @@ retried:
 2. The cycle's target phase (ingest, windowing, training, gate, push: in turn,
    shuffled) is watched for: a node's execution has started when its output
    directory `<pipeline_root>/<node>/<output>/<execution id>/` appears. After a
-   random delay within the phase's usual length the whole process group gets
-   SIGKILL. The phase recorded is the node that was running at that moment
-   (the newest execution directory), which is not always the target: a short
-   phase may be over before the delay is.
+   random delay within the phase's length (as long as it took in the last
+   complete run, from ML Metadata; PHASE_SPAN_S before there is one) the whole
+   process group gets SIGKILL. The phase recorded is the node that was running
+   at that moment (the newest execution directory), which is not always the
+   target: a short phase may be over before the delay is; `exit` when the run
+   had finished its work and was exiting.
 3. Checks on what the kill left: ML Metadata opens; every version directory
    under the serving base is complete and loadable; the newest one loads with
    tf.saved_model.load and generates.
@@ -25,8 +27,8 @@ retried:
    newest served version is that push, loads and generates; no version
    directory is incomplete.
 
-A cycle recovers when every check of 3 and 4 passes. Then corrupted inputs,
-each on its own copy of the state, each expected to fail with an error naming
+A cycle recovers when every check of 3 and 4 passes. After the first cycle
+that leaves a complete state, corrupted inputs, each on its own copy of it, each expected to fail with an error naming
 the file and to push nothing:
 * a source corpus file with bytes that are not UTF-8 (CorpusIngest);
 * a truncated TFRecord shard of the newest Examples artifact, with the Trainer
@@ -122,8 +124,10 @@ def killed_run(out: str, corpus: str, pipeline_root: str, phase: str, log_path: 
           at = running_node(pipeline_root, after)
           os.killpg(proc.pid, signal.SIGKILL)
           proc.wait()
+          with open(log_path, errors='replace') as f:
+            finished = 'RESULT ' in f.read()    # run_once's last line: only the exit was left
           return {'target': phase, 'delay_s': round(delay, 2), 'killed': True,
-                  'phase': NODE_PHASE.get(at, 'start-up'), 'node': at}
+                  'phase': 'exit' if finished else NODE_PHASE.get(at, 'start-up'), 'node': at}
         time.sleep(0.02)
     finally:
       if proc.poll() is None:
@@ -207,6 +211,21 @@ def last_push(out: str) -> Dict[str, Any]:
     if 'pushed_destination' in props:
       info['destination'] = props['pushed_destination'].string_value
   return info
+
+
+def phase_seconds(out: str) -> Dict[str, float]:
+  """How long each phase's newest completed execution took (ML Metadata times)."""
+  from ml_metadata.proto import metadata_store_pb2
+  store = _store(out)
+  spans = {}
+  for ctx in store.get_contexts_by_type('node'):
+    phase = NODE_PHASE.get(ctx.name.split('.')[-1])
+    done = [e for e in store.get_executions_by_context(ctx.id)
+            if e.last_known_state == metadata_store_pb2.Execution.COMPLETE]
+    if phase in PHASE_SPAN_S and done:
+      e = max(done, key=lambda e: e.id)
+      spans[phase] = max(0.1, (e.last_update_time_since_epoch - e.create_time_since_epoch) / 1e3)
+  return spans
 
 
 def last_evaluation(out: str) -> Optional[Dict[str, Any]]:
@@ -325,7 +344,8 @@ def run(runs: int, seed: int, work: str, base_corpus: str, corruption: bool,
   if corpus_chars:
     base_text = base_text[:corpus_chars]
   targets: List[str] = []
-  cycles = []
+  cycles: List[Dict[str, Any]] = []
+  corruption_results: List[Dict[str, Any]] = []
   for i in range(runs):
     if not targets:
       targets = list(phases)
@@ -338,6 +358,9 @@ def run(runs: int, seed: int, work: str, base_corpus: str, corruption: bool,
     after_kill = check_state(out)
     rerun = run_pipeline(out, corpus, os.path.join(work, f'run{i}-rerun.log'), overrides)
     recovered = check_recovered(out, rerun)
+    if rerun['returncode'] == 0:
+      # Kill within the phases as long as they last now (the machine's load varies).
+      spans = dict(spans or {}, **{p: 0.9 * t for p, t in phase_seconds(out).items()})
     record = {'cycle': i, **kill, 'after_kill_ok': after_kill['ok'],
               'after_kill_problems': after_kill['problems'],
               'tmp_dirs_after_kill': after_kill['tmp_dirs'],
@@ -351,16 +374,16 @@ def run(runs: int, seed: int, work: str, base_corpus: str, corruption: bool,
             f'recovered={record["recovered"]} ({record["seconds"]} s)'
             + ('' if record['recovered'] else f' {record["after_kill_problems"]} '
                f'{record["problems"]}'), flush=True)
+    if corruption and not corruption_results and rerun['returncode'] == 0:
+      # On the first complete state, so that a long run stopped early has them too.
+      for name in CORRUPTION_CASES:
+        result = corruption_case(name, out, corpus, work, overrides)
+        corruption_results.append(result)
+        if verbose:
+          print(f'corruption {name}: ok={result["ok"]} (exit {result["returncode"]}, '
+                f'names file {result["names_file"]}, pushed {result["pushed"]})', flush=True)
     if on_cycle:
-      on_cycle(summarize(cycles, []))
-  corruption_results = []
-  if corruption:
-    for name in CORRUPTION_CASES:
-      result = corruption_case(name, out, cycle_corpus(base_text, work, runs), work, overrides)
-      corruption_results.append(result)
-      if verbose:
-        print(f'corruption {name}: ok={result["ok"]} (exit {result["returncode"]}, '
-              f'names file {result["names_file"]}, pushed {result["pushed"]})', flush=True)
+      on_cycle(summarize(cycles, corruption_results))
   return summarize(cycles, corruption_results)
 
 
