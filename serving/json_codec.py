@@ -155,7 +155,7 @@ def value_to_tensor_proto(alias: str, value: Any, dtype: int,
 
 
 # ------------------------------------------------------------------ request body -> PredictRequest
-def _signature_name(request: Dict[str, Any]) -> str:
+def signature_name(request: Dict[str, Any]) -> str:
   name = request.get('signature_name', '')
   if not isinstance(name, str):
     raise invalid("'signature_name' key must be a string value.")

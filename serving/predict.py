@@ -145,10 +145,10 @@ def run(servable: Servable, signature_name: str,
   function = servable.function(name)
   try:
     outputs = call.run(function, **tensors) if call is not None else function(**tensors)
-  except tf.errors.CancelledError:
+  except tf.errors.CancelledError as e:
     if call is not None and call.cancelled:
       raise call.error() from None
-    raise
+    raise op_error(e) from None
   except tf.errors.OpError as e:
     raise op_error(e) from None
   return name, {alias: outputs[alias].numpy() for alias in wanted_outputs}

@@ -49,7 +49,7 @@ from tensorflow_serving.apis import (get_model_metadata_pb2, get_model_status_pb
 
 from serving import json_codec
 from serving.limits import Call, invalid
-from serving.models import RequestError
+from serving.models import DEFAULT_SIGNATURE, RequestError
 from serving.service import Service, internal_error
 
 log = logging.getLogger('serving')
@@ -135,7 +135,7 @@ def predict(service: Service, spec: model_pb2.ModelSpec, body: bytes, call: Call
   with ticket:
     request_json = json_codec.decode_body(body)
     servable = service.manager.servable(spec)
-    name = json_codec._signature_name(request_json) or 'serving_default'
+    name = json_codec.signature_name(request_json) or DEFAULT_SIGNATURE
     if name not in servable.signature_defs:
       raise invalid(f'Serving signature name: "{name}" not found in signature def')
     dtypes = {k: v.dtype for k, v in servable.signature_defs[name].inputs.items()}
