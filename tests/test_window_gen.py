@@ -117,3 +117,34 @@ def test_train_windows_tile_the_text_across_shards_so_the_trainer_can_recut_them
       assert vocab.decode(list(row_x) + [row_y[-1]]) in train_text
       rows += 1
   assert rows == (examples.get_int_custom_property('num_windows_train') - 1) // 16 * 16
+
+
+def test_a_vocabulary_of_thousands_of_characters_windows_exactly_like_tf_train_example(tmp_path):
+  """~6,000 ids (CJK-sized): no one-byte shortcut, every record equals the proto's own bytes."""
+  rng = np.random.default_rng(1)
+  alphabet = [chr(0x4e00 + i) for i in range(6000)] + list('abc \n')
+  text = ''.join(alphabet) + ''.join(rng.choice(alphabet, size=6000))
+  examples, vocab = _run(tmp_path, text, seq_length=30, stride=17, shard_chars=2500)
+  assert len(vocab) >= 5000
+  assert examples_format.example_prefix(31, len(vocab)) is None
+  boundary = examples_format.split_boundary(len(text), 0.1)
+  for split, (lo, hi) in {'train': (0, boundary), 'eval': (boundary, len(text))}.items():
+    files = sorted(tf.io.gfile.glob(os.path.join(examples.uri, f'Split-{split}', '*.gz')))
+    records = [r.numpy() for r in tf.data.TFRecordDataset(files, compression_type='GZIP')]
+    expected = [tf.train.Example(features=tf.train.Features(feature={'ids': tf.train.Feature(
+        int64_list=tf.train.Int64List(value=vocab.encode(text[s:s + 31])))})).SerializeToString()
+                for s in range(lo, hi - 30, 17)]
+    assert records == expected, split
+    ids = examples_format.parse_windows(tf.constant(records), 31).numpy()
+    assert ids.max() >= 5000 and (ids >= 256).any() and (ids < 128).any()
+
+
+@pytest.mark.parametrize('vocab_size', [2, 127, 128, 255, 256, 6001, 70000])
+def test_every_record_encoding_equals_the_protobuf_one_at_every_vocabulary_size(vocab_size):
+  rng = np.random.default_rng(vocab_size)
+  ids = rng.integers(0, vocab_size, size=101)
+  ids[:3] = [0, vocab_size - 1, min(127, vocab_size - 1)]
+  got = examples_format.serialize_fn(101, vocab_size)(ids)
+  assert got == examples_format._serialize_slow(ids)  # pylint: disable=protected-access
+  np.testing.assert_array_equal(
+      examples_format.parse_windows(tf.constant([got]), 101).numpy()[0], ids)
