@@ -81,8 +81,7 @@ rollforward: install
 ## TensorBoard on the newest run's training logs (RUN=<run id> for another).
 TB_PORT ?= 6006
 tensorboard: install
-	logdir=$$($(PY) -m pipeline.report --logdir $(if $(RUN),--run-id=$(RUN))) && \
-	  $(PY) -m tensorboard.main --logdir="$$logdir" --host=127.0.0.1 --port=$(TB_PORT)
+	$(PY) -m pipeline.tensorboard_logs --port=$(TB_PORT) $(if $(RUN),--run-id=$(RUN))
 
 ## Ask a running server (make serve) for text.
 generate: install

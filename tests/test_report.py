@@ -3,6 +3,8 @@
 * The session's real tiny pipeline run -> pipeline.report writes report.html and
   plots.png whose figures are the run's own (ML Metadata, evaluation.json,
   metrics.json), and its CLI prints the report and TensorBoard paths.
+* `make tensorboard` (pipeline/tensorboard_logs.py) loads TensorBoard in this
+  environment; with CHAR_RNN_SLOW_TESTS=1 it serves the run's logs over loopback.
 * A real run on a corpus that does not exist ends with exactly one plain line
   naming the component and the error; the traceback is only in the log file the
   line names; the report of that failed run says where it stopped.
@@ -18,6 +20,8 @@ import pytest
 
 from pipeline import configs, report, runs
 from tests.conftest import REPO_DIR
+
+SLOW = os.environ.get('CHAR_RNN_SLOW_TESTS', '') not in ('', '0')
 
 
 @pytest.fixture(scope='module')
@@ -103,3 +107,41 @@ def test_report_of_nothing_is_a_clear_error(tmp_path):
   with pytest.raises(runs.NoRunsError, match='no pipeline has run there yet'):
     report.write_report(configs.metadata_path(str(tmp_path)), str(tmp_path / 'r'))
   assert not os.path.exists(tmp_path / 'r')
+
+
+def test_tensorboard_loads_its_plugins_in_this_environment():
+  """TensorBoard 2.16 needs pkg_resources (gone from setuptools >= 81): the stand-in works."""
+  from pipeline import tensorboard_logs
+  tensorboard_logs._pkg_resources_stand_in()   # pylint: disable=protected-access
+  from tensorboard import default
+  names = {getattr(p, 'plugin_name', '') for p in default.get_plugins()}
+  assert {'scalars', 'text'} <= names
+
+
+@pytest.mark.skipif(not SLOW, reason='set CHAR_RNN_SLOW_TESTS=1: starts a real TensorBoard')
+def test_tensorboard_serves_the_runs_logs(tiny_pipeline):
+  """`make tensorboard`: the real TensorBoard, on loopback, over the run's ModelRun."""
+  from tests import server_process
+  port = server_process.free_port()
+  process = subprocess.Popen(
+      [sys.executable, '-m', 'pipeline.tensorboard_logs',
+       f'--output-dir={tiny_pipeline.output_dir}', f'--port={port}'],
+      cwd=REPO_DIR, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+  try:
+    server_process.wait_for(
+        lambda: _get_or_none(f'http://127.0.0.1:{port}/data/runs') is not None,
+        'TensorBoard to answer', timeout=180, process=process)
+    assert {'train', 'validation'} <= set(_get_or_none(f'http://127.0.0.1:{port}/data/runs'))
+    tags = _get_or_none(f'http://127.0.0.1:{port}/data/plugin/scalars/tags')
+    assert 'epoch_loss' in tags['train']
+  finally:
+    process.terminate()
+    process.wait(timeout=30)
+
+
+def _get_or_none(url):
+  from tests import server_process
+  try:
+    return server_process.get_json(url, timeout=5)
+  except (OSError, ValueError):
+    return None
