@@ -31,8 +31,8 @@ A cycle recovers when every check of 3 and 4 passes. After the first cycle
 that leaves a complete state, corrupted inputs, each on its own copy of it, each expected to fail with an error naming
 the file and to push nothing:
 * a source corpus file with bytes that are not UTF-8 (CorpusIngest);
-* a truncated TFRecord shard of the newest Examples artifact, with the Trainer
-  forced to run again on it (`seed` override);
+* a truncated TFRecord shard (train split; eval split) of the newest Examples
+  artifact, with the Trainer forced to run again on it (`seed` override);
 * a truncated shard of the newest Corpus artifact, with WindowGen forced to run
   again on it (`stride` override).
 
@@ -285,9 +285,10 @@ def corruption_case(name: str, out: str, corpus: str, work: str,
     with open(case_corpus, 'wb') as f:
       f.write(data[:len(data) // 2] + b'\xff\xfe\xc3' + data[len(data) // 2:])
     target = case_corpus
-  elif name == 'examples-shard-truncated':
+  elif name in ('train-shard-truncated', 'eval-shard-truncated'):
     examples = _newest_artifact_uri(case_out, 'Examples')
-    target = sorted(glob.glob(os.path.join(examples, 'Split-train', '*')))[0]
+    split = name.split('-')[0]
+    target = sorted(glob.glob(os.path.join(examples, f'Split-{split}', '*')))[0]
     _truncate(target)
     overrides = ','.join(filter(None, [base_overrides, 'seed=12345']))  # the Trainer re-runs
   elif name == 'corpus-shard-truncated':
@@ -312,7 +313,8 @@ def corruption_case(name: str, out: str, corpus: str, work: str,
   return outcome
 
 
-CORRUPTION_CASES = ('source-not-utf8', 'examples-shard-truncated', 'corpus-shard-truncated')
+CORRUPTION_CASES = ('source-not-utf8', 'train-shard-truncated', 'eval-shard-truncated',
+                    'corpus-shard-truncated')
 
 
 # --------------------------------------------------------------------- main
