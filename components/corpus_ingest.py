@@ -67,7 +67,7 @@ from components.artifacts import Corpus
 from components.sources import CorpusError  # pylint: disable=unused-import  (re-exported)
 
 _READ_BYTES = 1 << 22          # 4 MiB per read: memory stays bounded
-_RANGE_BYTES = 1 << 26         # 64 MiB per unit of parallel work in a large file
+_RANGE_BYTES = 1 << 24         # 16 MiB per unit of parallel work in a large file
 _SCAN_BYTES = 1 << 16          # how far past a range's nominal start to look for a safe point
 _WORK_DIR = '.work'            # pieces and their metadata, inside the temporary directory
 

@@ -9,7 +9,7 @@ exactly the TFRecords the Trainer reads.
 import os
 from typing import List, Optional
 
-from components import vocabulary_gen, window_gen
+from components import examples_format, vocabulary_gen, window_gen
 from components.artifacts import Corpus, Vocabulary
 from components.corpus_ingest import ingest
 
@@ -68,7 +68,7 @@ def run_windows(workdir: str, seq_length: int = 100, stride: Optional[int] = Non
               {'seq_length': seq_length, 'stride': stride or seq_length,
                'eval_fraction': eval_fraction})
   return {split: examples.get_int_custom_property(f'num_windows_{split}')
-          for split in window_gen.SPLITS}
+          for split in examples_format.SPLITS}
 
 
 def prepare_windows(sources: List[str], workdir: str, seq_length: int = 100,
