@@ -517,3 +517,17 @@ def test_rest_mounts_the_playground_beside_the_api(server):
   assert status == 404 and body == {'error': 'Not found: /nope'}
   status, body = rest(server, 'PUT', '/v1/models/char_rnn:predict', {})
   assert status == 405 and 'Method PUT is not allowed' in body['error']
+
+
+def test_a_served_generate_is_the_signature_run_uncut_bit_for_bit(server, client):
+  """Admission, limits and the cancellable run change nothing in an uncut result."""
+  from tensorflow_serving.apis import model_pb2
+  servable = server.manager.servable(model_pb2.ModelSpec(name='char_rnn'))
+  direct = servable.function('generate')(
+      prompt=tf.constant(['ROMEO:', 'JULIET:']), num_chars=tf.constant(300),
+      temperature=tf.constant(0.9), seed=tf.constant(7, tf.int64))
+  served = client.predict('generate', {
+      'prompt': (['ROMEO:', 'JULIET:'], tf.string), 'num_chars': (300, tf.int32),
+      'temperature': (0.9, tf.float32), 'seed': (7, tf.int64)})
+  assert list(served.outputs['text']) == list(direct['text'].numpy())
+  np.testing.assert_array_equal(served.outputs['states'], direct['states'].numpy())
