@@ -31,6 +31,9 @@ from typing import FrozenSet
 
 FORMS = ('NFC', 'NFD', 'NFKC', 'NFKD')
 # Hangul's compositions are algorithmic (no decomposition entry): L+V -> LV, LV+T -> LVT.
+# Canonical decompositions exist only below U+2FA1E (the last CJK compatibility
+# ideograph); tests/test_normalization.py checks the whole code space.
+_DECOMPOSITIONS_END = 0x30000
 _HANGUL_V = range(0x1161, 0x1175 + 1)
 _HANGUL_T = range(0x11A8, 0x11C2 + 1)
 
@@ -49,7 +52,7 @@ def check_form(form: str) -> str:
 def composition_seconds() -> FrozenSet[str]:
   """Characters that are the second of some primary composite (NFC_Quick_Check = Maybe)."""
   seconds = {chr(c) for c in _HANGUL_V} | {chr(c) for c in _HANGUL_T}
-  for cp in range(0x110000):
+  for cp in range(_DECOMPOSITIONS_END):
     decomposition = unicodedata.decomposition(chr(cp))
     if not decomposition or decomposition.startswith('<'):
       continue
@@ -98,7 +101,13 @@ class StreamNormalizer:
     self._carry = ''
 
   def _normalize(self, text: str) -> str:
-    return unicodedata.normalize(self._form, text) if self._form and text else text
+    if not self._form or text.isascii():   # ASCII is in every normal form
+      return text
+    # Line by line, skipping ASCII lines: most of a corpus, and CPython's
+    # normalize() is slow on any text its quick check cannot clear. LF is a
+    # cut point on both sides (a boundary that composes with nothing after it).
+    return '\n'.join(line if line.isascii() else unicodedata.normalize(self._form, line)
+                     for line in text.split('\n'))
 
   def feed(self, text: str) -> str:
     text = (self._carry + text).replace('\r\n', '\n')

@@ -55,6 +55,13 @@ def test_any_pieces_normalise_like_the_whole(text, cuts, form):
   assert _stream(form, _pieces(text, cuts)) == expected
 
 
+def test_no_canonical_decomposition_lies_beyond_the_scanned_range():
+  from components import normalization  # pylint: disable=g-import-not-at-top
+  assert not [cp for cp in range(normalization._DECOMPOSITIONS_END, 0x110000)  # pylint: disable=protected-access
+              if unicodedata.decomposition(chr(cp)) and
+              not unicodedata.decomposition(chr(cp)).startswith('<')]
+
+
 def test_boundaries_are_stable_starters_only():
   for c in 'a\n\u00e9\u4e2d\uac00\u1100':
     assert boundary_before(c, 'NFC'), repr(c)
