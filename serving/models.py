@@ -76,10 +76,6 @@ class RequestError(Exception):
     self.message = message
 
 
-# The old name, kept only until serving/playground.py imports RequestError.
-ServingError = RequestError
-
-
 @dataclasses.dataclass
 class Servable:
   """One loaded version: the TF object, its callables and SignatureDefs."""
