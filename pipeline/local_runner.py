@@ -17,6 +17,7 @@ import datetime
 import logging as std_logging
 import os
 import sys
+import time
 import traceback
 from typing import List, Optional
 
@@ -69,11 +70,14 @@ def root_cause(error: BaseException) -> BaseException:
   return error
 
 
-def failed_component(metadata_path: str, error: BaseException) -> str:
-  """The component whose execution failed (ML Metadata), else what the traceback says."""
+def failed_component(metadata_path: str, error: BaseException, since: float = 0.0) -> str:
+  """The component whose execution failed in the run begun after `since` (ML Metadata),
+  else what the traceback says."""
   try:
     from pipeline import runs
     run = runs.read_run(runs.open_store(metadata_path))
+    if run.started < since:
+      raise LookupError('the newest run in ML Metadata is an earlier one')
     if run.failed_component:
       return run.failed_component
     running = [c.name for c in run.components if c.state in ('running', 'new')]
@@ -129,12 +133,13 @@ def main(output_dir: str = configs.OUTPUT_DIR, **build_kwargs) -> int:
   handler = _log_to_file(output_dir)
   log_path = handler.baseFilename
   metadata_path = configs.metadata_path(output_dir)
+  started = time.time() - 1   # ML Metadata's times are in ms; allow for rounding
   try:
     try:
       run(output_dir, **build_kwargs)
     except Exception as error:  # pylint: disable=broad-except
       _append(handler, 'The run failed:\n' + traceback.format_exc())   # the file, not the console
-      line = failure_line(failed_component(metadata_path, error), error, log_path)
+      line = failure_line(failed_component(metadata_path, error, started), error, log_path)
       sys.stdout.flush()
       print(line, file=sys.stderr, flush=True)
       return 1
