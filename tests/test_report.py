@@ -102,6 +102,12 @@ def test_failed_run_ends_in_one_plain_line(tmp_path, capfd):
   assert 'failed</span> in CorpusIngest' in page
   assert 'The gate did not run.' in page
 
+  # A pipeline that cannot even be built, in the same directory: not blamed on
+  # the earlier run's CorpusIngest.
+  assert local_runner.main(output_dir, preset_name='no-such-preset') == 1
+  last = capfd.readouterr().err.strip().splitlines()[-1]
+  assert last.startswith("The pipeline failed: ValueError: Unknown preset 'no-such-preset'")
+
 
 def test_report_of_nothing_is_a_clear_error(tmp_path):
   with pytest.raises(runs.NoRunsError, match='no pipeline has run there yet'):
