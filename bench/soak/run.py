@@ -478,10 +478,21 @@ def main(argv=None) -> Dict[str, Any]:
   p.add_argument('--pause', type=float, default=0.05, help='seconds between a thread\'s requests')
   p.add_argument('--server-flag', action='append', default=[],
                  help='extra flag for python -m serving.server (repeatable)')
+  p.add_argument('--without', default='',
+                 help='comma-separated parts to leave out, to find what costs memory: '
+                      'burst, hostile, abandon, push')
   p.add_argument('--out', default=os.path.join(common.RESULTS_DIR, 'soak.json'))
   args = p.parse_args(argv)
+  args.without = set(filter(None, args.without.split(',')))
+  unknown = args.without - {'burst', 'hostile', 'abandon', 'push'}
+  if unknown:
+    p.error(f'--without: unknown parts {sorted(unknown)}')
   warmup = args.warmup if args.warmup is not None else max(5.0, 0.1 * args.duration)
   run = common.Run('soak')
+  started = time.monotonic()
+
+  def phase(what: str) -> None:
+    print(f'soak: {what} at {time.monotonic() - started:.1f} s', file=sys.stderr, flush=True)
 
   work = tempfile.mkdtemp(prefix='bench_soak_')
   base, staging = os.path.join(work, MODEL), os.path.join(work, 'staging')
@@ -516,7 +527,9 @@ def main(argv=None) -> Dict[str, Any]:
       export_dir, corpus = export_model(work, args.rnn_units, args.embedding_dim)
     publisher = Publisher(export_dir, base, staging)
     publisher.push(0.0)
+    phase('model ready')
     wait_until_serving(server, target, log_path)
+    phase('server serving')
     process = psutil.Process(server.pid)
     process.cpu_percent()
     t0 = time.monotonic()
@@ -709,12 +722,13 @@ def main(argv=None) -> Dict[str, Any]:
 
     threads = [loop(grpc_generate(new_client()), 10 + i)
                for i in range(args.grpc_generate_threads)]
-    threads.append(loop(burst, 90))
     threads += [loop(grpc_score(new_client()), 20), loop(grpc_stream(new_client()), 30),
                 loop(rest_generate(Rest(rest_port, ledger, 'rest generate', args.retries)), 40),
                 loop(rest_score(Rest(rest_port, ledger, 'rest score', args.retries)), 50),
-                loop(health(new_client(), Rest(rest_port, ledger, 'health', args.retries)), 60),
-                loop(hostile, 70), loop(abandon, 80)]
+                loop(health(new_client(), Rest(rest_port, ledger, 'health', args.retries)), 60)]
+    optional = {'burst': loop(burst, 90), 'hostile': loop(hostile, 70),
+                'abandon': loop(abandon, 80)}
+    threads += [thread for name, thread in optional.items() if name not in args.without]
     for thread in threads:
       thread.start()
 
@@ -730,7 +744,7 @@ def main(argv=None) -> Dict[str, Any]:
                     process.cpu_percent()))
       except psutil.Error:
         pass
-      if now >= next_push:
+      if now >= next_push and 'push' not in args.without:
         publisher.push(now - t0)
         next_push += args.push_every
       if now >= next_print:
@@ -741,8 +755,10 @@ def main(argv=None) -> Dict[str, Any]:
         next_print += 30
       time.sleep(min(1.0, max(0.0, end - time.monotonic())))
     stop.set()
+    phase('traffic over')
     for thread in threads:
       thread.join(timeout=120)
+    phase('client threads done')
     stuck = [t.name for t in threads if t.is_alive()]
     if stuck:
       errors.append(f'client threads still running 120 s after the end: {stuck}')
@@ -766,6 +782,7 @@ def main(argv=None) -> Dict[str, Any]:
         final['normal_generate_ok'] = len(c.generate('ROMEO:', 5, seed=1)[0]) == 5
         final['normal_generate_ms'] = round((time.perf_counter() - t) * 1e3, 1)
       final['rss_final_mib'] = round(process.memory_info().rss / 2 ** 20, 1)
+    phase('final checks done')
     burst_pool.shutdown(wait=True)
     for client in clients:
       client.close()
@@ -779,6 +796,7 @@ def main(argv=None) -> Dict[str, Any]:
         server.kill()
         server.wait()
     log_file.close()
+    phase('server stopped')
     with open(log_path, 'rb') as f:
       log_tail = f.read()[-4000:].decode('utf-8', 'replace')
     shutil.rmtree(work, ignore_errors=True)
@@ -795,6 +813,7 @@ def main(argv=None) -> Dict[str, Any]:
                                     for k, v in row.items()}}
                   for name, row in ledger.hostile.items()]
   after = [r for r in rss if r[0] >= warmup]
+  second_half = [r for r in rss if r[0] >= traffic_seconds / 2]
   rss_after_warmup = after[0][1] if after else None
   rss_end = rss[-1][1] if rss else None
   memory = {
@@ -808,6 +827,12 @@ def main(argv=None) -> Dict[str, Any]:
                                  if after else None,
       'slope_after_warmup_mib_per_min': round(float(np.polyfit(
           [r[0] for r in after], [r[1] for r in after], 1)[0]) * 60, 2) if len(after) > 2 else None,
+      # The second half: where a leak would still climb once caches and allocator
+      # arenas have filled.
+      'growth_second_half_mib': round(rss_end - second_half[0][1], 1) if second_half else None,
+      'slope_second_half_mib_per_min': round(float(np.polyfit(
+          [r[0] for r in second_half], [r[1] for r in second_half], 1)[0]) * 60, 2)
+                                       if len(second_half) > 2 else None,
       'server_cpu_mean_pct': round(float(np.mean([r[2] for r in rss])), 1) if rss else None,
       # every 5th sample keeps the file small; enough to draw the curve
       'series_t_s_mib': [[r[0], round(r[1], 1)] for r in rss[::5]],
@@ -831,7 +856,8 @@ def main(argv=None) -> Dict[str, Any]:
   }
   result = {
       'duration_s': args.duration, 'traffic_seconds': round(traffic_seconds, 1),
-      'push_every_s': args.push_every,
+      'push_every_s': None if 'push' in args.without else args.push_every,
+      'left_out': sorted(args.without),
       'model': ({'saved_model': args.model_dir} if args.model_dir else
                 {'rnn_type': 'gru', 'rnn_units': args.rnn_units,
                  'embedding_dim': args.embedding_dim, 'weights': 'random (seed 0)',
@@ -856,12 +882,15 @@ def main(argv=None) -> Dict[str, Any]:
   print(common.table([{'what': k, 'count': v} for k, v in sorted(ledger.abandoned.items())],
                      ['what', 'count'], ['abandoned request', 'count']))
   print()
+  def signed(v):
+    return '-' if v is None else f'{v:+}'
   print(f'well-formed: {summary["well_formed_ok"]} ok, {well_formed_failed} failed; hostile: '
         f'{hostile_refused}/{hostile_total} refused as expected; versions pushed: '
         f'{publisher.version}; server RSS {memory["rss_after_warmup_mib"]} MiB after '
         f'{warmup:.0f} s warm-up -> {memory["rss_end_mib"]} MiB at the end '
-        f'({memory["growth_after_warmup_mib"]:+} MiB, slope '
-        f'{memory["slope_after_warmup_mib_per_min"]} MiB/min); exit code '
+        f'({signed(memory["growth_after_warmup_mib"])} MiB, slope '
+        f'{memory["slope_after_warmup_mib_per_min"]} MiB/min; second half '
+        f'{signed(memory["growth_second_half_mib"])} MiB); exit code '
         f'{final["server_exit_code"]}')
   for e in errors:
     print(f'soak error: {e}', file=sys.stderr)
