@@ -290,7 +290,8 @@ def run_fn(fn_args: FnArgs) -> None:
 
   eval_ds = make_dataset(fn_args.eval_files, config.seq_length, config.batch_size,
                          cache=config.eval_steps is None, num_windows=num_eval)
-  budget = training.Budget(config.max_train_seconds, clock, _eval_batches(config, num_eval))
+  budget = training.Budget(config.max_train_seconds, clock, _eval_batches(config, num_eval),
+                           sample=config.sample_chars > 0)
   sampler = _SampleText(vocab, model_config, config.sample_prompt, config.sample_chars,
                         fn_args.model_run_dir)
   monitor = training.TrainingMonitor(

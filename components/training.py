@@ -118,19 +118,28 @@ class Clock:
 class Budget:
   """Whether one more step still leaves time for the last validation, sample and export.
 
-  Every duration is measured as training goes: a step (moving average, the
-  first step of a fit excluded: it traces), a validation pass (until measured:
-  half a step per eval batch), the epoch's sample, and the export (estimated
-  from the first sample, which builds and traces a serving module as the
-  export does).
+  Every duration is measured as training goes: a step (moving average), a
+  validation pass, the epoch's sample, and the export (estimated as
+  EXPORT_PER_SAMPLE times the first sample, which builds and traces a serving
+  module as the export does). Until one is measured it is estimated from the
+  first step, whose time is mostly tracing the training function: tracing is
+  what makes a first validation, sample or export slow, and it scales with the
+  machine's load as that step did.
   """
 
-  def __init__(self, seconds: Optional[float], clock: Clock, eval_batches: int):
+  def __init__(self, seconds: Optional[float], clock: Clock, eval_batches: int,
+               sample: bool = True):
     self.seconds, self._clock, self._eval_batches = seconds, clock, eval_batches
+    self._sample = sample
+    self.trace_seconds: Optional[float] = None
     self.step_seconds: Optional[float] = None
     self.eval_seconds: Optional[float] = None
     self.sample_seconds = 0.0
     self.first_sample_seconds: Optional[float] = None
+
+  def record_first_step(self, seconds: float) -> None:
+    if self.trace_seconds is None:
+      self.trace_seconds = seconds
 
   def record_step(self, seconds: float) -> None:
     self.step_seconds = seconds if self.step_seconds is None else (
@@ -145,14 +154,19 @@ class Budget:
       self.first_sample_seconds = seconds
 
   def export_seconds(self) -> float:
-    return max(EXPORT_SECONDS_FLOOR, EXPORT_PER_SAMPLE * (self.first_sample_seconds or 0.0))
+    basis = self.first_sample_seconds or self.trace_seconds or 0.0
+    return max(EXPORT_SECONDS_FLOOR, EXPORT_PER_SAMPLE * basis)
 
   def reserve(self) -> float:
     """Seconds the work after the last step needs: validation, sample, export."""
+    trace, step = self.trace_seconds or 0.0, self.step_seconds or 0.0
     evaluation = self.eval_seconds
     if evaluation is None:
-      evaluation = 0.5 * self._eval_batches * (self.step_seconds or 0.0)
-    return evaluation + self.sample_seconds + self.export_seconds()
+      evaluation = trace + 0.5 * self._eval_batches * step
+    sample = self.sample_seconds
+    if self._sample and self.first_sample_seconds is None:
+      sample = trace
+    return evaluation + sample + self.export_seconds()
 
   def training_seconds(self) -> Optional[float]:
     """The part of the budget that steps may use (the schedule anneals over it)."""
@@ -317,8 +331,10 @@ class Progress:
   """One updating line on a terminal; a log line every `every_seconds` otherwise."""
 
   def __init__(self, every_seconds: float, total_steps: int, epochs: int,
-               stream=None, is_tty: Optional[bool] = None):
+               stream=None, is_tty: Optional[bool] = None,
+               log: Callable[[str], None] = lambda text: logging.info('%s', text)):
     self._stream = stream or sys.stdout
+    self._log = log
     self._tty = self._stream.isatty() if is_tty is None else is_tty
     self._every = 0.5 if self._tty else every_seconds
     self._total_steps, self._epochs = total_steps, epochs
@@ -341,11 +357,11 @@ class Progress:
       self._stream.flush()
       self._open = True
     else:
-      logging.info('%s', text)
+      self._log(text)
 
   def message(self, text: str) -> None:
     self.close()
-    logging.info('%s', text)
+    self._log(text)
 
   def close(self) -> None:
     if self._open:
@@ -429,7 +445,9 @@ class TrainingMonitor(keras.callbacks.Callback):
   def on_train_batch_end(self, batch, logs=None):
     state = self.state
     seconds = self._clock.now() - self._batch_start
-    if not self._first_in_fit:
+    if self._first_in_fit:
+      self.budget.record_first_step(seconds)   # the first of all: traces train_function
+    else:
       self.budget.record_step(seconds)
     self._first_in_fit = False
     # Keras reports the epoch's running mean; the step's own loss follows from it.

@@ -9,7 +9,6 @@ SIGKILL (and, with CHAR_RNN_SLOW_TESTS=1, through the whole pipeline).
 import glob
 import io
 import json
-import logging
 import os
 import shutil
 import signal
@@ -57,7 +56,7 @@ def _data(n=64, length=6, vocab=8):
 
 def _monitor(clock, budget_seconds=None, epochs=1, steps_per_epoch=8, **kwargs):
   state = training.TrainingState(seed=0)
-  budget = training.Budget(budget_seconds, clock, eval_batches=2)
+  budget = training.Budget(budget_seconds, clock, eval_batches=2, sample=False)
   kwargs.setdefault('divergence_ceiling', 100 * np.log(8))
   return training.TrainingMonitor(state, clock, budget, learning_rate=1e-2,
                                   lr_schedule='constant', min_lr_ratio=0.1,
@@ -161,6 +160,12 @@ def test_budget_reserves_the_last_validation_sample_and_export():
   clock.spent_before = 50.0                     # a resumed run carries what it spent
   assert budget.left() == pytest.approx(100 - 139.1)
   assert not training.Budget(None, clock, 10).exhausted()
+  # Before anything is measured, the first step (mostly tracing) stands in for
+  # the traces a first validation, sample and export need.
+  early = training.Budget(100.0, clock, eval_batches=10)
+  early.record_first_step(4.0)
+  early.record_step(0.2)
+  assert early.reserve() == pytest.approx((4.0 + 0.5 * 10 * 0.2) + 4.0 + 3 * 4.0)
 
 
 class _Tick(keras.callbacks.Callback):
@@ -181,9 +186,10 @@ def test_the_budget_stops_training_so_that_the_final_work_fits():
   model = _model()
   x, y = _data(n=800)
   model.fit(x, y, batch_size=8, epochs=10, callbacks=[_Tick(fake, 1.0), monitor], verbose=0)
-  # One step is 1 s, validation (2 batches, unmeasured) 1 s, export 5 s: after
-  # step k, k + 1 + 6 > 30 first holds at k = 24.
-  assert monitor.state.step == 24
+  # One step is 1 s (the first, standing for a trace, too); unmeasured
+  # validation: a trace + 2 batches at half a step = 2 s; export max(5, 3 x 1) s:
+  # after step k, k + 1 + 7 > 30 first holds at k = 23.
+  assert monitor.state.step == 23
   assert monitor.state.stop_reason == 'time_budget'
   assert len(monitor.state.epochs) == 1 and monitor.state.epochs[0]['epoch'] == 1
   assert clock.elapsed() + monitor.budget.reserve() <= 30.0 + 1e-9
@@ -223,7 +229,7 @@ def test_history_keeps_a_few_hundred_points_of_mean_losses():
   assert set(last) == {'step', 'epoch', 'loss', 'learning_rate', 'elapsed_seconds'}
 
 
-def test_progress_is_one_updating_line_on_a_terminal_and_log_lines_otherwise(caplog):
+def test_progress_is_one_updating_line_on_a_terminal_and_log_lines_otherwise():
   stream = io.StringIO()
   progress = training.Progress(30.0, total_steps=100, epochs=2, stream=stream, is_tty=True)
   progress.step(0.0, 10, 0, 2.5, 1e-3, 12.0, 288.0)
@@ -234,12 +240,14 @@ def test_progress_is_one_updating_line_on_a_terminal_and_log_lines_otherwise(cap
   assert text.count('\r') == 2 and text.endswith('\n')
   assert 'step 12/100  epoch 1/2  loss 2.3000  lr 0.001  13 s elapsed  287 s of budget left' in text
 
-  stream = io.StringIO()
-  progress = training.Progress(30.0, total_steps=100, epochs=2, stream=stream, is_tty=False)
-  with caplog.at_level(logging.INFO):
-    for second in range(0, 100, 10):
-      progress.step(float(second), second, 1, 2.0, 1e-3, float(second), None)
-  lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith('step ')]
+  stream, lines = io.StringIO(), []
+  progress = training.Progress(30.0, total_steps=100, epochs=2, stream=stream, is_tty=False,
+                               log=lines.append)
+  for second in range(0, 100, 10):
+    progress.step(float(second), second, 1, 2.0, 1e-3, float(second), None)
+  progress.message('epoch 2/2: ...')
+  assert lines[-1] == 'epoch 2/2: ...'
+  lines = lines[:-1]
   assert len(lines) == 4                                  # every 30 s: at 0, 30, 60, 90
   assert lines[1] == 'step 30/100  epoch 2/2  loss 2.0000  lr 0.001  30 s elapsed  no time budget'
   assert stream.getvalue() == ''
