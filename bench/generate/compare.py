@@ -26,6 +26,7 @@ same rounds; new / old per batch (target: >= 0.95, not more than 5 % slower).
 
 import argparse
 import os
+import shlex
 import shutil
 import signal
 import statistics
@@ -180,6 +181,8 @@ def main(argv=None) -> Dict[str, Any]:
   cores = os.cpu_count() or 1
   load = common.loadavg()
   path = run.write({
+      'command': ' '.join(['.venv/bin/python -m bench.generate.compare'] +
+                          [shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv)]),
       'old_commit': commits['old'], 'new_commit': commits['new'],
       'model': {**cfg, 'vocab_size': len(vocab), 'weights': 'random (Keras initializers, seed 0)'},
       'chars_per_prompt': args.chars, 'rounds': args.rounds,
