@@ -28,8 +28,9 @@ retried:
    directory is incomplete.
 
 A cycle recovers when every check of 3 and 4 passes. After the first cycle
-that leaves a complete state, corrupted inputs, each on its own copy of it, each expected to fail with an error naming
-the file and to push nothing:
+that leaves a complete state, corrupted inputs (in place, the file restored
+after), each expected to fail with an error naming the file and to push
+nothing:
 * a source corpus file with bytes that are not UTF-8 (CorpusIngest);
 * a truncated TFRecord shard (train split; eval split) of the newest Examples
   artifact, with the Trainer forced to run again on it (`seed` override);
@@ -262,8 +263,8 @@ def check_recovered(out: str, rerun: Dict[str, Any]) -> Dict[str, Any]:
 
 
 # --------------------------------------------------------------- corruption
-def _newest_artifact_uri(out: str, type_name: str) -> str:
-  return max(_store(out).get_artifacts_by_type(type_name), key=lambda a: a.id).uri
+def _newest_artifact(out: str, type_name: str):
+  return max(_store(out).get_artifacts_by_type(type_name), key=lambda a: a.id)
 
 
 def _truncate(path: str) -> None:
@@ -272,12 +273,31 @@ def _truncate(path: str) -> None:
     f.truncate(size // 2)
 
 
+def _consumers(out: str, artifact_id: int, after_execution: int) -> List[str]:
+  """Nodes whose executions newer than `after_execution` read the artifact."""
+  from ml_metadata.proto import metadata_store_pb2
+  store = _store(out)
+  events = store.get_events_by_artifact_ids([artifact_id])
+  ids = {e.execution_id for e in events
+         if e.type == metadata_store_pb2.Event.INPUT and e.execution_id > after_execution}
+  nodes = []
+  for ctx in store.get_contexts_by_type('node'):
+    if ids & {e.id for e in store.get_executions_by_context(ctx.id)}:
+      nodes.append(ctx.name.split('.')[-1])
+  return sorted(nodes)
+
+
 def corruption_case(name: str, out: str, corpus: str, work: str,
                     base_overrides: str = '') -> Dict[str, Any]:
-  """Corrupts one input of a copy of `out`, re-runs; it must fail naming the file."""
-  case_out = os.path.join(work, f'corrupt-{name}')
-  shutil.copytree(out, case_out)
-  case_corpus, overrides = corpus, base_overrides
+  """Corrupts one input of the pipeline in `out`, re-runs; it must fail naming the file.
+
+  Done in place (a copy of `out` would keep ML Metadata's absolute URIs into
+  `out`), with the corrupted file restored afterwards. An artifact is corrupted
+  with an override that makes the node reading it run again while everything
+  upstream stays cached; the case records which nodes really read it.
+  """
+  case_corpus, overrides, artifact_id = corpus, base_overrides, None
+  backup = os.path.join(work, f'backup-{name}')
   if name == 'source-not-utf8':
     case_corpus = os.path.join(work, 'corpus-not-utf8.txt')
     with open(corpus, 'rb') as f:
@@ -286,30 +306,38 @@ def corruption_case(name: str, out: str, corpus: str, work: str,
       f.write(data[:len(data) // 2] + b'\xff\xfe\xc3' + data[len(data) // 2:])
     target = case_corpus
   elif name in ('train-shard-truncated', 'eval-shard-truncated'):
-    examples = _newest_artifact_uri(case_out, 'Examples')
+    examples = _newest_artifact(out, 'Examples')
+    artifact_id = examples.id
     split = name.split('-')[0]
-    target = sorted(glob.glob(os.path.join(examples, f'Split-{split}', '*')))[0]
-    _truncate(target)
+    target = sorted(glob.glob(os.path.join(examples.uri, f'Split-{split}', '*')))[0]
     overrides = ','.join(filter(None, [base_overrides, 'seed=12345']))  # the Trainer re-runs
   elif name == 'corpus-shard-truncated':
-    corpus_uri = _newest_artifact_uri(case_out, 'charrnn.Corpus')
-    target = sorted(glob.glob(os.path.join(corpus_uri, 'corpus-*')))[0]
-    _truncate(target)
+    corpus_artifact = _newest_artifact(out, 'charrnn.Corpus')
+    artifact_id = corpus_artifact.id
+    target = sorted(glob.glob(os.path.join(corpus_artifact.uri, 'corpus-*')))[0]
     overrides = ','.join(filter(None, [base_overrides, 'stride=60']))   # WindowGen re-runs
   else:
     raise ValueError(name)
-  before = check_state(case_out)
-  result = run_pipeline(case_out, case_corpus, os.path.join(work, f'corrupt-{name}.log'),
-                        overrides)
-  after = check_state(case_out)
+  if artifact_id is not None:
+    shutil.copyfile(target, backup)
+    _truncate(target)
+  last_execution = max((e.id for e in _store(out).get_executions()), default=0)
+  before = check_state(out)
+  try:
+    result = run_pipeline(out, case_corpus, os.path.join(work, f'corrupt-{name}.log'), overrides)
+  finally:
+    if artifact_id is not None:
+      shutil.copyfile(backup, target)
+  after = check_state(out)
   named = target in result['log'] or os.path.basename(target) in result['log']
   pushed = after['versions'] != before['versions']
   outcome = {'case': name, 'file': target, 'returncode': result['returncode'],
              'names_file': named, 'pushed': pushed, 'state_ok': after['ok'],
+             'read_by': (_consumers(out, artifact_id, last_execution)
+                         if artifact_id is not None else ['CorpusIngest']),
              'ok': result['returncode'] != 0 and named and not pushed and after['ok']}
   if not outcome['ok']:
     outcome['log_tail'] = result['log'][-1200:]
-  shutil.rmtree(case_out, ignore_errors=True)
   return outcome
 
 
