@@ -26,8 +26,9 @@ a file into byte ranges.
 """
 
 import functools
+import re
 import unicodedata
-from typing import FrozenSet
+from typing import FrozenSet, Pattern
 
 FORMS = ('NFC', 'NFD', 'NFKC', 'NFKD')
 # Hangul's compositions are algorithmic (no decomposition entry): L+V -> LV, LV+T -> LVT.
@@ -78,6 +79,56 @@ def boundary_before(c: str, form: str) -> bool:
           and c not in composition_seconds())
 
 
+@functools.lru_cache(maxsize=None)
+def _unstable(form: str) -> Pattern:
+  """A regex matching every character that is not a boundary for `form`.
+
+  Only text around such characters can change under normalisation, so only the
+  lines holding one are normalised.
+  """
+  candidates = set(composition_seconds())
+  for cp in range(0x110000):
+    c = chr(cp)
+    if unicodedata.combining(c) or (cp < _DECOMPOSITIONS_END and unicodedata.decomposition(c)):
+      candidates.add(c)
+  if form in ('NFD', 'NFKD'):
+    candidates.update(chr(cp) for cp in range(0xAC00, 0xD7A4))   # Hangul syllables decompose
+  cps = sorted(ord(c) for c in candidates if not boundary_before(c, form))
+  ranges, start = [], None
+  for i, cp in enumerate(cps):
+    if start is None:
+      start = cp
+    if i + 1 == len(cps) or cps[i + 1] != cp + 1:
+      ranges.append(re.escape(chr(start)) + ('' if cp == start else '-' + re.escape(chr(cp))))
+      start = None
+  return re.compile('[' + ''.join(ranges) + ']')
+
+
+def normalize(text: str, form: str) -> str:
+  """unicodedata.normalize(form, text), fast on text that is mostly already normal.
+
+  CPython's normalize() is slow (~10 MB/s) on any text its quick check cannot
+  clear, and one decomposed accent anywhere is enough. So only the lines
+  holding a non-boundary character are normalised (LF is a cut point on both
+  sides: a boundary that composes with nothing after it); the rest is copied.
+  """
+  if not form or text.isascii():           # ASCII is in every normal form
+    return text
+  out, pos = [], 0
+  for match in _unstable(form).finditer(text):
+    i = match.start()
+    if i < pos:
+      continue
+    lo = text.rfind('\n', pos, i) + 1 or pos
+    hi = text.find('\n', i)
+    hi = len(text) if hi < 0 else hi
+    out.append(text[pos:lo])
+    out.append(unicodedata.normalize(form, text[lo:hi]))
+    pos = hi
+  out.append(text[pos:])
+  return ''.join(out)
+
+
 def last_boundary(text: str, form: str) -> int:
   """Index of the last character of `text` before which it may be cut; 0 if none."""
   for i in range(len(text) - 1, 0, -1):
@@ -101,13 +152,7 @@ class StreamNormalizer:
     self._carry = ''
 
   def _normalize(self, text: str) -> str:
-    if not self._form or text.isascii():   # ASCII is in every normal form
-      return text
-    # Line by line, skipping ASCII lines: most of a corpus, and CPython's
-    # normalize() is slow on any text its quick check cannot clear. LF is a
-    # cut point on both sides (a boundary that composes with nothing after it).
-    return '\n'.join(line if line.isascii() else unicodedata.normalize(self._form, line)
-                     for line in text.split('\n'))
+    return normalize(text, self._form)
 
   def feed(self, text: str) -> str:
     text = (self._carry + text).replace('\r\n', '\n')

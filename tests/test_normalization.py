@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from components.normalization import (FORMS, NoBoundaryError, StreamNormalizer,
-                                      boundary_before, composition_seconds)
+                                      boundary_before, composition_seconds, normalize)
 
 HANGUL = '\u1100\u1161\u11a8'          # L V T jamo -> U+AC01 (starters, no combining marks)
 ORIYA = '\u0b47\u0b3e'                 # vowel sign E + AA -> U+0B4B (both starters)
@@ -60,6 +60,13 @@ def test_no_canonical_decomposition_lies_beyond_the_scanned_range():
   assert not [cp for cp in range(normalization._DECOMPOSITIONS_END, 0x110000)  # pylint: disable=protected-access
               if unicodedata.decomposition(chr(cp)) and
               not unicodedata.decomposition(chr(cp)).startswith('<')]
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(alphabet=st.sampled_from(TRICKY + ('\n', '\n', 'b', '\u00e9')), max_size=60),
+       st.sampled_from(FORMS))
+def test_normalising_only_the_lines_that_need_it_equals_normalising_everything(text, form):
+  assert normalize(text, form) == unicodedata.normalize(form, text)
 
 
 def test_boundaries_are_stable_starters_only():
