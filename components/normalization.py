@@ -26,9 +26,10 @@ a file into byte ranges.
 """
 
 import functools
-import re
 import unicodedata
-from typing import FrozenSet, Pattern
+from typing import FrozenSet
+
+import numpy as np
 
 FORMS = ('NFC', 'NFD', 'NFKC', 'NFKD')
 # Hangul's compositions are algorithmic (no decomposition entry): L+V -> LV, LV+T -> LVT.
@@ -80,28 +81,22 @@ def boundary_before(c: str, form: str) -> bool:
 
 
 @functools.lru_cache(maxsize=None)
-def _unstable(form: str) -> Pattern:
-  """A regex matching every character that is not a boundary for `form`.
+def _unstable(form: str) -> np.ndarray:
+  """A table over all code points: True for characters that are not a boundary for `form`.
 
   Only text around such characters can change under normalisation, so only the
   lines holding one are normalised.
   """
   candidates = set(composition_seconds())
-  for cp in range(0x110000):
+  for cp in range(_DECOMPOSITIONS_END):
     c = chr(cp)
-    if unicodedata.combining(c) or (cp < _DECOMPOSITIONS_END and unicodedata.decomposition(c)):
+    if unicodedata.combining(c) or unicodedata.decomposition(c):
       candidates.add(c)
   if form in ('NFD', 'NFKD'):
     candidates.update(chr(cp) for cp in range(0xAC00, 0xD7A4))   # Hangul syllables decompose
-  cps = sorted(ord(c) for c in candidates if not boundary_before(c, form))
-  ranges, start = [], None
-  for i, cp in enumerate(cps):
-    if start is None:
-      start = cp
-    if i + 1 == len(cps) or cps[i + 1] != cp + 1:
-      ranges.append(re.escape(chr(start)) + ('' if cp == start else '-' + re.escape(chr(cp))))
-      start = None
-  return re.compile('[' + ''.join(ranges) + ']')
+  table = np.zeros(0x110000, dtype=bool)
+  table[[ord(c) for c in candidates if not boundary_before(c, form)]] = True
+  return table
 
 
 def normalize(text: str, form: str) -> str:
@@ -109,19 +104,22 @@ def normalize(text: str, form: str) -> str:
 
   CPython's normalize() is slow (~10 MB/s) on any text its quick check cannot
   clear, and one decomposed accent anywhere is enough. So only the lines
-  holding a non-boundary character are normalised (LF is a cut point on both
-  sides: a boundary that composes with nothing after it); the rest is copied.
+  holding a non-boundary character (found with one numpy gather) are
+  normalised; LF is a cut point on both sides (a boundary that composes with
+  nothing after it) and the rest is copied as it is.
   """
   if not form or text.isascii():           # ASCII is in every normal form
     return text
+  codes = np.frombuffer(text.encode('utf-32-le'), dtype='<u4')
+  hits = np.flatnonzero(_unstable(form)[codes])
+  if not len(hits):
+    return text
+  newlines = np.flatnonzero(codes == 0x0A)
+  lines = np.unique(np.searchsorted(newlines, hits))   # line k ends at newlines[k]
   out, pos = [], 0
-  for match in _unstable(form).finditer(text):
-    i = match.start()
-    if i < pos:
-      continue
-    lo = text.rfind('\n', pos, i) + 1 or pos
-    hi = text.find('\n', i)
-    hi = len(text) if hi < 0 else hi
+  for k in lines.tolist():
+    lo = int(newlines[k - 1]) + 1 if k > 0 else 0
+    hi = int(newlines[k]) if k < len(newlines) else len(text)
     out.append(text[pos:lo])
     out.append(unicodedata.normalize(form, text[lo:hi]))
     pos = hi
