@@ -287,3 +287,25 @@ def test_executor_pushes_a_blessed_model_with_tfx_pushers_properties(tmp_path, e
       .get_variable_to_shape_map().keys(),
       tf.train.load_checkpoint(os.path.join(exports[0], 'variables', 'variables'))
       .get_variable_to_shape_map().keys())
+
+
+def test_a_url_destination_is_written_in_place_with_saved_model_pb_last(tmp_path, exports):
+  """Object stores (gs://) have no rename: each object appears whole, the graph last.
+
+  `file://` takes the same branch (any scheme but a plain path), on this machine.
+  """
+  base = 'file://' + str(tmp_path / 'char_rnn')
+  seen = []
+
+  def watch(rel):
+    has_pb = [os.path.exists(tmp_path / 'char_rnn' / d / 'saved_model.pb')
+              for d in os.listdir(tmp_path / 'char_rnn')]
+    seen.append((rel, any(has_pb)))
+
+  version, path = pusher.push(exports[0], base, on_file_copied=watch)
+  assert path == f'{base}/{version}'
+  assert [rel for rel, _ in seen] == pusher.copy_plan(exports[0])
+  # Until the last file, the version had no saved_model.pb: not a model to anyone.
+  assert [has_pb for _, has_pb in seen] == [False] * (len(seen) - 1) + [True]
+  assert pusher.latest_complete_version(base) == path
+  assert pusher.incomplete_reason(str(tmp_path / 'char_rnn' / str(version))) is None
