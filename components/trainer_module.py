@@ -4,7 +4,11 @@ What lands in the Model artifact (all of it is pushed, so a served model
 carries what the next warm start needs):
   Format-Serving/                 the SavedModel TF Serving loads (core TF ops only)
     assets.extra/vocabulary.json  the ids it was trained with
-    assets.extra/metrics.json     eval loss (nats/char), bits/char, training figures
+    assets.extra/metrics.json     eval loss (nats/char), bits/char, training figures:
+                                  train_steps, stop_reason (epochs | time_budget |
+                                  early_stopping), resumed_from_step (0: not
+                                  resumed), elapsed_seconds (run_fn's start to
+                                  the end of the export), time_budget_seconds
     assets.extra/keras/           Keras weights + config, for warm starts
 
 And in ModelRun: TensorBoard logs (loss curves, a text sample after every

@@ -318,10 +318,24 @@ def _run_fn_args(tiny_pipeline, workdir, backup_dir, overrides):
           'run': os.path.join(workdir, 'model_run'), 'config': config}
 
 
+def _start(command, log_path, **env):
+  """A subprocess whose output goes to a file (a full pipe would block it)."""
+  env = dict(os.environ, PYTHONPATH=REPO_DIR, TF_CPP_MIN_LOG_LEVEL='2', **env)
+  os.makedirs(os.path.dirname(log_path), exist_ok=True)
+  with open(log_path, 'ab') as log:
+    proc = subprocess.Popen(command, cwd=REPO_DIR, env=env, stdout=log, stderr=subprocess.STDOUT)
+  proc.log_path = log_path
+  return proc
+
+
+def _tail(proc):
+  with open(proc.log_path, errors='replace') as f:
+    return f.read()[-3000:]
+
+
 def _start_run_fn(args):
-  env = dict(os.environ, PYTHONPATH=REPO_DIR, TF_CPP_MIN_LOG_LEVEL='2')
-  return subprocess.Popen([sys.executable, '-c', _RUN_FN, json.dumps(args)], cwd=REPO_DIR,
-                          env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+  return _start([sys.executable, '-c', _RUN_FN, json.dumps(args)],
+                os.path.join(os.path.dirname(args['run']), 'run_fn.log'))
 
 
 def _metrics(args):
@@ -343,7 +357,7 @@ def _kill_at_backup(proc, backup_dir, min_step, timeout=300):
         proc.wait()
         return step
     if proc.poll() is not None:
-      pytest.fail(f'the run ended before it could be killed: {proc.stderr.read()[-3000:]}')
+      pytest.fail(f'the run ended before it could be killed: {_tail(proc)}')
     time.sleep(0.02)
   proc.kill()
   pytest.fail('no backup appeared in time')
@@ -421,11 +435,9 @@ def test_history_json_has_the_schema_the_run_report_reads(tiny_pipeline):
 def test_the_pipeline_killed_in_training_resumes_on_the_same_command(tiny_pipeline, tmp_path):
   """`python -m pipeline.local_runner` SIGKILLed mid-training, then run again."""
   def command(output_dir):
-    env = dict(os.environ, CHAR_RNN_OUTPUT_DIR=output_dir, CHAR_RNN_PRESET='tiny',
-               CHAR_RNN_OVERRIDES=OVERRIDES, CHAR_RNN_CORPUS=tiny_pipeline_corpus,
-               PYTHONPATH=REPO_DIR, TF_CPP_MIN_LOG_LEVEL='2')
-    return subprocess.Popen([sys.executable, '-m', 'pipeline.local_runner'], cwd=REPO_DIR,
-                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    return _start([sys.executable, '-m', 'pipeline.local_runner'], output_dir + '.log',
+                  CHAR_RNN_OUTPUT_DIR=output_dir, CHAR_RNN_PRESET='tiny',
+                  CHAR_RNN_OVERRIDES=OVERRIDES, CHAR_RNN_CORPUS=tiny_pipeline_corpus)
 
   from tests.conftest import CORPUS_PATH  # pylint: disable=g-import-not-at-top
   tiny_pipeline_corpus = CORPUS_PATH
@@ -437,7 +449,7 @@ def test_the_pipeline_killed_in_training_resumes_on_the_same_command(tiny_pipeli
 
   reference = _copy_run(tiny_pipeline, str(tmp_path / 'reference'))
   proc = command(reference)
-  assert proc.wait() == 0, proc.stderr.read()[-3000:]
+  assert proc.wait() == 0, _tail(proc)
   [uninterrupted] = [m for m in trainer_metrics(reference) if m['train_steps'] == 80]
 
   output_dir = _copy_run(tiny_pipeline, str(tmp_path / 'killed'))
@@ -453,7 +465,7 @@ def test_the_pipeline_killed_in_training_resumes_on_the_same_command(tiny_pipeli
   proc.wait()
   versions = _versions(output_dir)
   proc = command(output_dir)
-  assert proc.wait() == 0, proc.stderr.read()[-3000:]
+  assert proc.wait() == 0, _tail(proc)
   [resumed] = [m for m in trainer_metrics(output_dir) if m['resumed_from_step']]
   assert resumed['resumed_from_step'] > 0
   assert resumed['train_steps'] == uninterrupted['train_steps'] == 80
