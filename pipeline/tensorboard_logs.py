@@ -4,47 +4,18 @@
 
 The newest run by default; `python -m pipeline.report --list` lists the others.
 TensorBoard shows the Trainer's Keras logs there (epoch loss, learning rate,
-the sample text after every epoch).
-
-TensorBoard 2.16 imports `pkg_resources`, which setuptools no longer ships from
-version 81 on (the lock holds 84.2.1). It uses two functions of it; this entry
-point supplies them from the standard library and `packaging` before TensorBoard
-loads, so `make tensorboard` works with the locked environment as it is.
+the sample text after every epoch). (TensorBoard 2.16 imports `pkg_resources`:
+requirements.in keeps setuptools below 81, which still ships it.)
 """
 
 import argparse
-import importlib.metadata
 import os
 import sys
-import types
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from pipeline import configs  # pylint: disable=g-import-not-at-top
 from pipeline import runs
-
-
-def _pkg_resources_stand_in() -> None:
-  try:
-    import pkg_resources  # noqa: F401  pylint: disable=unused-import
-    return
-  except ImportError:
-    pass
-  from packaging import version as packaging_version
-  module = types.ModuleType('pkg_resources')
-
-  class EntryPoint:   # pkg_resources' resolve() is importlib.metadata's load()
-    def __init__(self, entry_point):
-      self.name = entry_point.name
-      self.resolve = self.load = entry_point.load
-
-  def iter_entry_points(group, name=None):
-    return [EntryPoint(e) for e in importlib.metadata.entry_points(group=group)
-            if name is None or e.name == name]
-
-  module.iter_entry_points = iter_entry_points
-  module.parse_version = packaging_version.parse
-  sys.modules['pkg_resources'] = module
 
 
 def main(argv=None) -> int:
@@ -66,7 +37,6 @@ def main(argv=None) -> int:
     return 1
   print(f'TensorBoard for run {run.run_id}: http://{args.host}:{args.port}/ (logs: {logdir})',
         flush=True)
-  _pkg_resources_stand_in()
   from tensorboard import main as tensorboard_main  # pylint: disable=g-import-not-at-top
   sys.argv = ['tensorboard', f'--logdir={logdir}', f'--host={args.host}', f'--port={args.port}']
   tensorboard_main.run_main()

@@ -116,9 +116,7 @@ def test_report_of_nothing_is_a_clear_error(tmp_path):
 
 
 def test_tensorboard_loads_its_plugins_in_this_environment():
-  """TensorBoard 2.16 needs pkg_resources (gone from setuptools >= 81): the stand-in works."""
-  from pipeline import tensorboard_logs
-  tensorboard_logs._pkg_resources_stand_in()   # pylint: disable=protected-access
+  """TensorBoard 2.16 needs pkg_resources: the locked setuptools (< 81) still ships it."""
   from tensorboard import default
   names = {getattr(p, 'plugin_name', '') for p in default.get_plugins()}
   assert {'scalars', 'text'} <= names
