@@ -34,12 +34,15 @@ from tfx.types.component_spec import ChannelParameter
 from tfx.utils import json_utils
 
 from components import code_version
-from components.artifacts import Vocabulary
+from components.artifacts import Corpus, Vocabulary
 
 
 class CharRnnTrainerSpec(standard_component_specs.TrainerSpec):
   INPUTS = {**standard_component_specs.TrainerSpec.INPUTS,
-            'vocabulary': ChannelParameter(type=Vocabulary)}
+            'vocabulary': ChannelParameter(type=Vocabulary),
+            # Only its properties (sources, size, fingerprint) are read: they go into
+            # the exported metrics.json, so the served model says what it learned from.
+            'corpus': ChannelParameter(type=Corpus, optional=True)}
 
 
 class Executor(trainer_executor.GenericExecutor):
@@ -54,6 +57,8 @@ class Executor(trainer_executor.GenericExecutor):
     counts = {f'num_windows_{split}': examples.get_int_custom_property(f'num_windows_{split}')
               for split in ('train', 'eval')
               if examples.has_custom_property(f'num_windows_{split}')}
+    if input_dict.get('corpus'):
+      counts['corpus'] = corpus_summary(artifact_utils.get_single_instance(input_dict['corpus']))
     fn_args.custom_config = dict(
         fn_args.custom_config or {}, **counts,
         vocabulary_uri=artifact_utils.get_single_uri(input_dict['vocabulary']),
@@ -88,6 +93,17 @@ def backup_dir(input_dict: Dict[str, List[types.Artifact]],
   return os.path.join(node_dir, BACKUP_DIR_NAME, backup_key(input_dict, custom_config))
 
 
+def corpus_summary(corpus: types.Artifact) -> Dict[str, Any]:
+  """What metrics.json records of the training corpus (CorpusIngest's properties)."""
+  sources = (corpus.get_string_custom_property('sources')
+             if corpus.has_custom_property('sources') else '')
+  return {'sources': [s for s in sources.split(',') if s],
+          'num_chars': (corpus.get_int_custom_property('num_chars')
+                        if corpus.has_custom_property('num_chars') else None),
+          'fingerprint': (corpus.get_string_custom_property('fingerprint')
+                          if corpus.has_custom_property('fingerprint') else None)}
+
+
 def code_fingerprint(run_fn: str) -> str:
   """The executor's and run_fn's code, with every project module they import."""
   return code_version.fingerprint(__name__, run_fn.rpartition('.')[0])
@@ -101,10 +117,12 @@ class CharRnnTrainer(base_component.BaseComponent):
 
   def __init__(self, examples: types.BaseChannel, vocabulary: types.BaseChannel,
                run_fn: str, custom_config: Dict[str, Any],
-               base_model: Optional[types.BaseChannel] = None):
+               base_model: Optional[types.BaseChannel] = None,
+               corpus: Optional[types.BaseChannel] = None):
     spec = CharRnnTrainerSpec(
         examples=examples,
         vocabulary=vocabulary,
+        corpus=corpus,
         base_model=base_model,
         run_fn=run_fn,
         train_args=trainer_pb2.TrainArgs(splits=['train']),

@@ -384,6 +384,7 @@ def run_fn(fn_args: FnArgs) -> None:
       'precision': precision,
       'seed': state.seed,
       'vocab_size': len(vocab),
+      'corpus': custom.get('corpus'),              # sources, num_chars, fingerprint
       'state_size': model_lib.state_size(config.rnn_type, config.rnn_units, config.num_layers),
       'config': config.to_custom_config(),
   }

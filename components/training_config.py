@@ -27,7 +27,7 @@ from typing import Any, Callable, Dict, Optional, Tuple
 # Keys the Trainer's executor adds to custom_config at run time: facts about the
 # input artifacts and where backups go, not settings.
 RUNTIME_KEYS = ('vocabulary_uri', 'num_windows_train', 'num_windows_eval',
-                'code_fingerprint', 'backup_dir')
+                'code_fingerprint', 'backup_dir', 'corpus')
 
 BOOLEAN_WORDS = {'true': True, '1': True, 'yes': True,
                  'false': False, '0': False, 'no': False}

@@ -52,6 +52,7 @@ def create_pipeline(pipeline_name: str, pipeline_root: str, corpus_sources: List
   trainer = CharRnnTrainer(
       examples=windows.outputs['examples'],
       vocabulary=vocabulary.outputs['vocabulary'],
+      corpus=ingest.outputs['corpus'],
       base_model=served.outputs['model'] if warm_start else None,
       run_fn=trainer_run_fn,
       custom_config=preset.training_config())

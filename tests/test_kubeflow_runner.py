@@ -34,7 +34,7 @@ EXPECTED_UPSTREAM = {
     'ServedModel': set(),
     'VocabularyGen': {'CorpusIngest'},
     'WindowGen': {'CorpusIngest', 'VocabularyGen'},
-    'CharRnnTrainer': {'WindowGen', 'VocabularyGen', 'ServedModel'},
+    'CharRnnTrainer': {'CorpusIngest', 'WindowGen', 'VocabularyGen', 'ServedModel'},
     'EvaluationGate': {'CharRnnTrainer', 'WindowGen', 'VocabularyGen', 'ServedModel'},
     'Pusher': {'CharRnnTrainer', 'EvaluationGate'},
 }

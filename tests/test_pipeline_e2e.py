@@ -70,8 +70,9 @@ def test_every_component_ran_and_artifacts_are_linked(tiny_pipeline):
   pusher_in, pushed = io('Pusher')
   assert vocab_in == corpus
   assert windows_in == corpus | vocab
-  # The vocabulary reaches the Trainer as a real input: lineage, not a path.
-  assert trainer_in == examples | vocab
+  # The vocabulary reaches the Trainer as a real input: lineage, not a path; the
+  # corpus too (its figures go into the exported metrics.json).
+  assert trainer_in == examples | vocab | corpus
   [model] = [a for a in store.get_artifacts_by_id(list(trainer_out))
              if a.type == 'Model']
   assert gate_in == {model.id} | examples | vocab | served
@@ -98,6 +99,13 @@ def test_pushed_version_is_a_self_describing_servable_model(tiny_pipeline):
     metrics = json.load(f)
   assert 0 < metrics['eval_loss'] < 4.2
   assert metrics['bits_per_char'] == pytest.approx(metrics['eval_loss'] / 0.6931471805599453)
+  # The model says what it learned from (the playground shows it): CorpusIngest's figures.
+  [corpus] = _store(tiny_pipeline).get_artifacts_by_type('charrnn.Corpus')
+  assert metrics['corpus'] == {
+      'sources': corpus.custom_properties['sources'].string_value.split(','),
+      'num_chars': corpus.custom_properties['num_chars'].int_value,
+      'fingerprint': corpus.custom_properties['fingerprint'].string_value}
+  assert metrics['corpus']['num_chars'] == 1_115_394
 
   loaded = tf.saved_model.load(version_dir)
   out = loaded.signatures['generate'](prompt=tf.constant(['ROMEO:']), num_chars=tf.constant(200),
