@@ -17,7 +17,9 @@ CorpusIngest, WindowGen, the Trainer's run_fn and the EvaluationGate import
 these; none of them spells a path, a key or the split formula itself.
 """
 
+import gzip
 import os
+import zlib
 from typing import List, Optional
 
 import numpy as np
@@ -51,6 +53,36 @@ def split_files(examples_uri: str, split: str) -> List[str]:
   if not files:
     raise ValueError(f'{split_dir(examples_uri, split)}: no TFRecord files')
   return files
+
+
+def _check_gzip_stream(path: str) -> None:
+  """TF's GZIP reader ends a truncated file quietly at its last whole record; zlib
+  (C speed, one pass) says whether the stream really ends where it should."""
+  try:
+    with tf.io.gfile.GFile(path, 'rb') as raw, gzip.GzipFile(fileobj=raw) as f:
+      while f.read(1 << 22):
+        pass
+  except (EOFError, OSError, zlib.error) as e:
+    raise ValueError(f'{path}: truncated or corrupted TFRecord file ({e})') from None
+
+
+def count_records(files: List[str], expected: Optional[int] = None) -> int:
+  """Reads every record of `files`: a truncated or corrupted file is an error naming
+  it, and so is a total other than `expected` (WindowGen's count, when known), so
+  nothing trains or is judged on part of a split."""
+  total = 0
+  for path in files:
+    _check_gzip_stream(path)
+    try:
+      total += int(record_dataset([path]).reduce(np.int64(0), lambda n, _: n + 1))
+    except tf.errors.OpError as e:
+      raise ValueError(f'{path}: truncated or corrupted TFRecord file '
+                       f'({type(e).__name__}: {e.message.splitlines()[0][:200]})') from e
+  if expected is not None and total != expected:
+    where = os.path.dirname(files[0]) if files else '(no files)'
+    raise ValueError(f'{where}: {total} windows, but WindowGen wrote {expected}: '
+                     'files are missing or truncated')
+  return total
 
 
 def record_dataset(files: List[str], **kwargs) -> tf.data.Dataset:

@@ -109,8 +109,22 @@ def read_corpus_index(directory: str) -> Dict:
 
 
 def read_shard(directory: str, shard: Dict) -> str:
-  with tf.io.gfile.GFile(os.path.join(directory, shard['file']), 'rb') as f:
-    return f.read().decode('utf-8')
+  """One shard's text, checked against the index: a truncated or corrupted shard is
+  an error naming the file, never a corpus silently shorter than it says."""
+  path = os.path.join(directory, shard['file'])
+  with tf.io.gfile.GFile(path, 'rb') as f:
+    data = f.read()
+  if 'num_bytes' in shard and len(data) != shard['num_bytes']:
+    raise ValueError(f'{path}: {len(data)} bytes, but the corpus index says '
+                     f'{shard["num_bytes"]}: truncated or corrupted corpus shard')
+  try:
+    text = data.decode('utf-8')
+  except UnicodeDecodeError as e:
+    raise ValueError(f'{path}: not UTF-8 at byte {e.start}: corrupted corpus shard') from None
+  if len(text) != shard['num_chars']:
+    raise ValueError(f'{path}: {len(text)} characters, but the corpus index says '
+                     f'{shard["num_chars"]}: corrupted corpus shard')
+  return text
 
 
 def iter_corpus_shards(directory: str) -> Iterator[str]:

@@ -250,13 +250,22 @@ def _save_keras_weights(model: keras.Model, vocab: CharVocab, model_config: Dict
     f.write(json.dumps({'tokens': vocab.tokens, 'model_config': model_config}))
 
 
+def _matching(patterns: List[str]) -> List[str]:
+  return sorted(f for p in patterns for f in tf.io.gfile.glob(p))
+
+
 def run_fn(fn_args: FnArgs) -> None:
   clock = training.Clock()   # the time budget counts from here
   custom = fn_args.custom_config
   config = TrainingConfig.from_custom_config(custom)
   vocab = CharVocab.load(custom['vocabulary_uri'])
   model_config = {k: getattr(config, k) for k in model_lib.MODEL_CONFIG_KEYS}
-  num_train, num_eval = custom.get('num_windows_train'), custom.get('num_windows_eval')
+  # Every record is read once up front: a truncated or corrupted shard stops the run
+  # here, naming the file, instead of training on part of the data.
+  num_train = examples_format.count_records(
+      _matching(fn_args.train_files), custom.get('num_windows_train'))
+  num_eval = examples_format.count_records(
+      _matching(fn_args.eval_files), custom.get('num_windows_eval'))
   per_epoch = steps_per_epoch(config, num_train, fn_args.train_files)
 
   # Layers take the dtype policy in force when they are built; restore the

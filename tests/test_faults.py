@@ -57,11 +57,8 @@ def test_kills_in_every_phase_and_corrupted_inputs(tmp_path, small_corpus):
     outcome = by_case[case]
     assert outcome['returncode'] != 0 and not outcome['pushed'] and outcome['state_ok'], outcome
     assert 'CharRnnTrainer' in outcome['read_by'], outcome
-  pending = [c for c in ('train-shard-truncated', 'eval-shard-truncated',
-                         'corpus-shard-truncated') if not by_case[c]['ok']]
-  if pending:
-    # Naming the file belongs in the Trainer (check each shard reads to its end
-    # and the split holds the windows WindowGen wrote) and in
-    # components/text.read_shard (a shard shorter than the corpus index says).
-    pytest.xfail(f'not yet an error naming the file, with nothing pushed: '
-                 f'{[by_case[c] for c in pending]}')
+  # A truncated TFRecord or corpus shard is an error naming the file (the
+  # Trainer counts every record of both splits up front; text.read_shard checks
+  # each shard against the corpus index), with nothing pushed.
+  for case in ('train-shard-truncated', 'eval-shard-truncated', 'corpus-shard-truncated'):
+    assert by_case[case]['ok'], by_case[case]

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from components import text as text_lib
 from components.text import CharVocab, UNK_TOKEN
 
 TRICKY = 'a\nb\r\n"quoted" \'single\' \\back\\ \t tab e\u0301 \U0001F600 \u00e9 \u4e2d \x7f'
@@ -58,3 +59,23 @@ def test_malformed_vocabulary_files_are_rejected(tmp_path):
     CharVocab([UNK_TOKEN, 'b', 'a'])
   with pytest.raises(ValueError, match=r'must start with'):
     CharVocab(['a', 'b'])
+
+
+def test_a_truncated_or_corrupted_corpus_shard_is_an_error_naming_the_file(tmp_path):
+  text = 'Fair is foul, and foul is fair: à la mode\n' * 20
+  data = text.encode('utf-8')
+  (tmp_path / 'corpus-00000-of-00001.txt').write_bytes(data)
+  shard = {'file': 'corpus-00000-of-00001.txt', 'num_chars': len(text), 'num_bytes': len(data)}
+  assert text_lib.read_shard(str(tmp_path), shard) == text
+  path = str(tmp_path / 'corpus-00000-of-00001.txt')
+  (tmp_path / 'corpus-00000-of-00001.txt').write_bytes(data[:len(data) // 3])
+  with pytest.raises(ValueError, match=f'{path}: .* bytes, but the corpus index says {len(data)}'):
+    text_lib.read_shard(str(tmp_path), shard)
+  # Same length, one byte flipped into invalid UTF-8.
+  (tmp_path / 'corpus-00000-of-00001.txt').write_bytes(b'\xff' + data[1:])
+  with pytest.raises(ValueError, match=f'{path}: not UTF-8 at byte 0'):
+    text_lib.read_shard(str(tmp_path), shard)
+  # An index without byte counts (older corpora) still checks the characters.
+  (tmp_path / 'corpus-00000-of-00001.txt').write_bytes(data[:-1])
+  with pytest.raises(ValueError, match='characters, but the corpus index says'):
+    text_lib.read_shard(str(tmp_path), {'file': shard['file'], 'num_chars': len(text)})

@@ -148,3 +148,23 @@ def test_every_record_encoding_equals_the_protobuf_one_at_every_vocabulary_size(
   assert got == examples_format._serialize_slow(ids)  # pylint: disable=protected-access
   np.testing.assert_array_equal(
       examples_format.parse_windows(tf.constant([got]), 101).numpy()[0], ids)
+
+
+def test_count_records_names_a_truncated_shard_and_a_missing_one(tmp_path):
+  serialize = examples_format.serialize_fn(11, 20)
+  files = []
+  for shard in range(2):
+    path = str(tmp_path / examples_format.shard_file_name(shard, 2))
+    with tf.io.TFRecordWriter(path, examples_format.writer_options()) as w:
+      for start in range(50):
+        w.write(serialize(np.arange(start, start + 11) % 20))
+    files.append(path)
+  assert examples_format.count_records(files, expected=100) == 100
+  with pytest.raises(ValueError, match='50 windows, but WindowGen wrote 100: files are missing'):
+    examples_format.count_records(files[:1], expected=100)
+  with open(files[1], 'rb') as f:
+    data = f.read()
+  with open(files[1], 'wb') as f:
+    f.write(data[:len(data) // 2])
+  with pytest.raises(ValueError, match=f'{files[1]}: truncated or corrupted TFRecord file'):
+    examples_format.count_records(files, expected=100)
