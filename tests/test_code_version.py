@@ -13,14 +13,16 @@ COMPONENTS = ('components.corpus_ingest', 'components.vocabulary_gen', 'componen
               'components.evaluation_gate', 'components.served_model')
 
 
-def _fingerprints(root: str) -> dict:
-  """Fingerprints computed by a fresh interpreter importing `components` from `root`."""
-  code = ('import json, sys; from components import code_version as c; '
-          f'print(json.dumps({{m: c.fingerprint(m) for m in {list(COMPONENTS)!r}}}))')
-  out = subprocess.run([sys.executable, '-c', code], cwd=root, check=True,
-                       capture_output=True, text=True,
-                       env=dict(os.environ, PYTHONPATH=root))
-  return json.loads(out.stdout.strip().splitlines()[-1])
+_BEFORE_AND_AFTER_AN_EDIT = """
+import json, sys
+from components import code_version as c
+modules = json.loads(sys.argv[2])
+before = {m: c.fingerprint(m) for m in modules}
+assert before == {m: c.fingerprint(m) for m in modules}   # stable
+with open(sys.argv[1], 'a') as f:
+  f.write('\\n# an edit to the Examples format\\n')
+print(json.dumps([before, {m: c.fingerprint(m) for m in modules}]))
+"""
 
 
 def test_dependencies_are_followed_through_project_imports():
@@ -35,11 +37,12 @@ def test_editing_a_shared_module_changes_only_its_users_fingerprints(tmp_path):
   root = str(tmp_path)
   shutil.copytree(os.path.join(REPO_DIR, 'components'), os.path.join(root, 'components'),
                   ignore=shutil.ignore_patterns('__pycache__'))
-  before = _fingerprints(root)
-  assert before == _fingerprints(root)          # stable across interpreters
-  with open(os.path.join(root, 'components', 'examples_format.py'), 'a') as f:
-    f.write('\n# an edit to the Examples format\n')
-  after = _fingerprints(root)
+  # A fresh interpreter importing `components` from the copy, which it then edits.
+  out = subprocess.run(
+      [sys.executable, '-c', _BEFORE_AND_AFTER_AN_EDIT,
+       os.path.join(root, 'components', 'examples_format.py'), json.dumps(COMPONENTS)],
+      cwd=root, check=True, capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=root))
+  before, after = json.loads(out.stdout.strip().splitlines()[-1])
   changed = {m for m in COMPONENTS if before[m] != after[m]}
   # WindowGen, CorpusIngest (size check) and the gate read the format; the others do not.
   assert changed == {'components.window_gen', 'components.corpus_ingest',

@@ -1,10 +1,11 @@
 """bench.faults in small: the real pipeline SIGKILLed mid-run, re-run, and checked.
 
-Always: one cycle, killed during training (the longest phase, so the kill
-lands there on a loaded machine too), on a 150 KB slice of the corpus and 8
-training steps. With
-CHAR_RNN_SLOW_TESTS=1: one cycle per phase (ingest, windowing, training, gate,
-push) and the corrupted-input cases. `python -m bench.faults --runs 30` is the
+With CHAR_RNN_SLOW_TESTS=1: one cycle killed during training (the longest
+phase, so the kill lands there on a loaded machine too), on a 150 KB slice of
+the corpus and 8 training steps; one cycle per phase (ingest, windowing,
+training, gate, push) and the corrupted-input cases. (The default suite covers
+the same faults piece by piece: tests/test_pusher.py, test_training_faults.py,
+test_text.py, test_window_gen.py.) `python -m bench.faults --runs 30` is the
 figure (bench/results/faults.json).
 """
 
@@ -26,6 +27,8 @@ def small_corpus(tmp_path, corpus_path):
   return str(path)
 
 
+@pytest.mark.skipif(not SLOW, reason='set CHAR_RNN_SLOW_TESTS=1: two tiny pipeline runs in '
+                                     'subprocesses, one SIGKILLed (~1 min on 2 cores)')
 def test_a_run_killed_in_training_leaves_a_working_state_and_the_rerun_pushes(
     tmp_path, small_corpus):
   summary = faults.run(runs=1, seed=1, work=str(tmp_path), base_corpus=small_corpus,
