@@ -376,6 +376,8 @@ def _run_fn_here(args):
                                custom_config=dict(args['config']), base_model=None))
 
 
+@pytest.mark.skipif(not SLOW, reason='slow: set CHAR_RNN_SLOW_TESTS=1 (three run_fn calls, '
+                                     'one SIGKILLed in a subprocess: 1-2 min on 2 cores)')
 def test_a_killed_training_resumes_from_its_last_backup_with_the_same_result(tiny_pipeline,
                                                                                tmp_path):
   """run_fn SIGKILLed mid-epoch in a subprocess; the same call again finishes the job."""
