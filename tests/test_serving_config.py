@@ -15,7 +15,7 @@ import yaml
 from serving import protos
 from serving.client import Client
 from serving.models import ModelManager
-from serving.server import build_arg_parser
+from serving.server import build_arg_parser, limit_malloc_arenas
 from tests.test_serving_helpers import REPO_DIR, push, serve
 
 SERVING_DIR = os.path.join(REPO_DIR, 'serving')
@@ -101,6 +101,12 @@ def test_defaults_are_safe_loopback_reload_off_and_every_flag_documented(capsys)
                '--enable_reload_config', '--reload_config_allowed_roots',
                '--allow_plaintext_rest_with_tls', '--rest_body_timeout_seconds'):
     assert flag in text
+
+
+def test_malloc_arenas_are_capped_by_default_and_zero_leaves_glibcs_default():
+  assert build_arg_parser().parse_args([]).malloc_arena_max == 2
+  assert limit_malloc_arenas(0) is False          # nothing asked of glibc
+  assert limit_malloc_arenas(2) is True           # glibc (this image's libc) took it
 
 
 def test_reload_is_refused_unless_enabled(tmp_path):
