@@ -85,22 +85,14 @@ def eval_texts(examples_uri: str, vocab: CharVocab, max_windows: int = 0,
   judges a model on part of the eval text.
   """
   texts: List[str] = []
-  for path in examples_format.split_files(examples_uri, 'eval'):
-    ds = examples_format.record_dataset([path])
-    if max_windows:
-      ds = ds.take(max_windows - len(texts))
-    try:
-      for batch in ds.batch(1024):
-        for ids in examples_format.parse_windows(batch).numpy():
-          texts.append(vocab.decode(ids))
-    except tf.errors.OpError as e:
-      raise ValueError(f'{path}: truncated or corrupted TFRecord file '
-                       f'({type(e).__name__}: {e.message.splitlines()[0][:200]})') from e
+  files = examples_format.split_files(examples_uri, 'eval')
+  for path in files:
+    for ids in examples_format.read_windows(path, max_windows and max_windows - len(texts)):
+      texts.extend(vocab.decode(row) for row in ids)
     if max_windows and len(texts) >= max_windows:
       break
-  if not max_windows and expected_windows is not None and len(texts) != expected_windows:
-    raise ValueError(f'{examples_format.split_dir(examples_uri, "eval")}: {len(texts)} windows, '
-                     f'but WindowGen wrote {expected_windows}: files are missing or truncated')
+  if not max_windows:
+    examples_format.check_total(files, len(texts), expected_windows)
   return texts
 
 

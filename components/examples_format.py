@@ -17,10 +17,11 @@ CorpusIngest, WindowGen, the Trainer's run_fn and the EvaluationGate import
 these; none of them spells a path, a key or the split formula itself.
 """
 
+import contextlib
 import gzip
 import os
 import zlib
-from typing import List, Optional
+from typing import Iterator, List, Optional
 
 import numpy as np
 import tensorflow as tf
@@ -66,22 +67,47 @@ def _check_gzip_stream(path: str) -> None:
     raise ValueError(f'{path}: truncated or corrupted TFRecord file ({e})') from None
 
 
-def count_records(files: List[str], expected: Optional[int] = None) -> int:
-  """Reads every record of `files`: a truncated or corrupted file is an error naming
-  it, and so is a total other than `expected` (WindowGen's count, when known), so
-  nothing trains or is judged on part of a split."""
-  total = 0
-  for path in files:
-    _check_gzip_stream(path)
-    try:
-      total += int(record_dataset([path]).reduce(np.int64(0), lambda n, _: n + 1))
-    except tf.errors.OpError as e:
-      raise ValueError(f'{path}: truncated or corrupted TFRecord file '
-                       f'({type(e).__name__}: {e.message.splitlines()[0][:200]})') from e
+@contextlib.contextmanager
+def _reading(path: str) -> Iterator[None]:
+  """TF's read errors as one error that names the file."""
+  try:
+    yield
+  except tf.errors.OpError as e:
+    raise ValueError(f'{path}: truncated or corrupted TFRecord file '
+                     f'({type(e).__name__}: {e.message.splitlines()[0][:200]})') from e
+
+
+def read_windows(path: str, max_windows: int = 0) -> Iterator[np.ndarray]:
+  """One file's windows as [n, window] id batches, in order (`max_windows`: stop
+  after that many). A file that does not read to its end (truncated, corrupted)
+  is an error naming it: nothing is judged on part of a file."""
+  if not max_windows:
+    _check_gzip_stream(path)   # a partial read cannot tell a cut file from a whole one
+  ds = record_dataset([path])
+  if max_windows:
+    ds = ds.take(max_windows)
+  with _reading(path):
+    for serialized in ds.batch(1024):
+      yield parse_windows(serialized).numpy()
+
+
+def check_total(files: List[str], total: int, expected: Optional[int]) -> None:
+  """A split holding another number of windows than WindowGen wrote is an error."""
   if expected is not None and total != expected:
     where = os.path.dirname(files[0]) if files else '(no files)'
     raise ValueError(f'{where}: {total} windows, but WindowGen wrote {expected}: '
                      'files are missing or truncated')
+
+
+def count_records(files: List[str], expected: Optional[int] = None) -> int:
+  """Reads every record of `files` with read_windows' checks (counted, not
+  parsed), then the total against `expected` (WindowGen's count, when known)."""
+  total = 0
+  for path in files:
+    _check_gzip_stream(path)
+    with _reading(path):
+      total += int(record_dataset([path]).reduce(np.int64(0), lambda n, _: n + 1))
+  check_total(files, total, expected)
   return total
 
 
