@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from components.model import build_keras_model, export_serving_model, state_size
+from components.model import build_keras_model, export_serving_model, state_size, with_state_io
 from components.text import CharVocab
 
 TEXT = 'First Citizen:\nBefore we proceed any further, hear me speak.\n\nAll:\nSpeak, speak.\n'
@@ -116,6 +116,25 @@ def test_padding_does_not_leak_into_shorter_rows(exported):
   b = score(text=tf.constant(['Speak', 'Before we proceed any further']))
   assert b['log_likelihood'].numpy()[0] == pytest.approx(a, abs=1e-6)
   assert b['num_scored'].numpy().tolist() == [4, 28]
+
+
+def test_state_io_model_carries_state_like_one_step_and_like_one_long_call(exported):
+  """Training with carried state (components/tbptt.py) uses the export's state layout."""
+  model, cfg, _, loaded = exported
+  s, _ = _sizes(cfg)
+  state_io = with_state_io(model)
+  assert [id(w) for w in state_io.weights] == [id(w) for w in model.weights]   # shared
+  ids = tf.constant(VOCAB.encode('First Citizen: hear me speak.')[None])
+  whole = model(ids, training=False).numpy()
+  head, state = state_io([ids[:, :11], tf.zeros([1, s])], training=False)
+  tail, _ = state_io([ids[:, 11:], state], training=False)
+  np.testing.assert_allclose(np.concatenate([head, tail], axis=1), whole, atol=1e-5)
+  # one_step's state after the same characters is the same state.
+  stepped = loaded.signatures['one_step'](inputs=tf.constant(['First Citi']),
+                                          states=tf.zeros([1, s]), temperature=tf.constant(1.0))
+  np.testing.assert_allclose(stepped['states'].numpy(), state_io(
+      [ids[:, :10], tf.zeros([1, s])], training=False)[1].numpy(),
+                             atol=KERAS_ATOL[cfg['matmul_dtype']])
 
 
 def test_generate_is_deterministic_for_a_seed_and_returns_only_the_continuation(exported):
