@@ -21,6 +21,10 @@ seed) and acts on it after every step:
   the state, written to a temporary directory and renamed into place, so a kill
   mid-write leaves the previous backup usable.
 
+* precision (`choose_precision`): `auto` times a few training steps of each
+  candidate (float32, mixed_bfloat16) on the machine it runs on and keeps the
+  faster; CPU flags only decide whether bf16 is worth timing at all.
+
 Allowed values of `precision` and `lr_schedule` live here, beside their code.
 """
 
@@ -40,8 +44,17 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
-# auto: bf16 compute on CPUs with native bf16, else float32 (resolve_precision).
+# auto: measured (choose_precision): float32 unless mixed_bfloat16 is the faster
+# by BF16_MARGIN on this machine; float32 without measuring on GPUs and on CPUs
+# without native bf16.
 PRECISIONS = ('auto', 'float32', 'mixed_bfloat16', 'mixed_float16')
+AUTO_CANDIDATES = ('float32', 'mixed_bfloat16')
+# bf16 must beat float32 by this fraction of a step to be chosen: a tie keeps
+# float32's precision (and the step timings of a shared machine vary by a few %).
+BF16_MARGIN = 0.05
+# Steps per candidate: untimed (the first traces), then timed, taking turns.
+PRECISION_WARMUP_STEPS = 3
+PRECISION_TIMED_STEPS = 5
 # Learning-rate multipliers over progress in [0, 1] (1 = the end of training),
 # scaled between min_lr_ratio and 1 (constant ignores min_lr_ratio).
 LR_SCHEDULES: Dict[str, Optional[Callable[[float], float]]] = {
@@ -68,18 +81,97 @@ class TrainingDivergedError(RuntimeError):
   """Training went to NaN/inf or far above a uniform guess; nothing is exported."""
 
 
+def native_bf16_flags(cpuinfo: str = '/proc/cpuinfo') -> List[str]:
+  """The CPU's native bf16 flags (AVX512-BF16, AMX-BF16); [] when none or unknown."""
+  try:
+    with open(cpuinfo) as f:
+      text = f.read()
+  except OSError:
+    return []
+  flags = set()
+  for line in text.splitlines():
+    key, _, value = line.partition(':')
+    if key.strip() == 'flags':
+      flags.update(value.split())
+  return [f for f in ('avx512_bf16', 'amx_bf16') if f in flags]
+
+
 def resolve_precision(precision: str) -> str:
-  """`auto`: bfloat16 compute on CPUs with native bf16 (AVX512-BF16, AMX), else float32."""
+  """Without measuring: `auto` is bf16 compute on CPUs with native bf16, else float32.
+
+  For callers that cannot time steps; run_fn measures (choose_precision).
+  """
   if precision != 'auto':
     return precision
   if tf.config.list_physical_devices('GPU'):
     return 'float32'
-  try:
-    with open('/proc/cpuinfo') as f:
-      flags = f.read()
-  except OSError:
-    return 'float32'
-  return 'mixed_bfloat16' if ('avx512_bf16' in flags or 'amx_bf16' in flags) else 'float32'
+  return 'mixed_bfloat16' if native_bf16_flags() else 'float32'
+
+
+@dataclasses.dataclass
+class PrecisionChoice:
+  """The compute precision and why; metrics.json records all three."""
+  precision: str
+  reason: str
+  timings_ms: Optional[Dict[str, float]] = None   # median ms per step, by candidate
+
+
+def pick_faster(timings_ms: Dict[str, float], margin: float = BF16_MARGIN) -> PrecisionChoice:
+  """float32 unless mixed_bfloat16's step is at least `margin` shorter."""
+  fp32, bf16 = timings_ms['float32'], timings_ms['mixed_bfloat16']
+  for name, value in timings_ms.items():
+    if not (math.isfinite(value) and value > 0):
+      raise ValueError(f'step time of {name} is {value!r} ms: not a duration')
+  measured = f'measured {bf16:.1f} ms/step in mixed_bfloat16 vs {fp32:.1f} in float32'
+  if bf16 <= (1 - margin) * fp32:
+    return PrecisionChoice('mixed_bfloat16', f'{measured}: bf16 is {fp32 / bf16:.2f}x faster',
+                           timings_ms)
+  return PrecisionChoice('float32', f'{measured}: bf16 is not faster by {100 * margin:.0f}% '
+                         'or more, so float32', timings_ms)
+
+
+def time_steps(steps: Dict[str, Callable[[], Any]], warmup: int = PRECISION_WARMUP_STEPS,
+               timed: int = PRECISION_TIMED_STEPS) -> Dict[str, float]:
+  """Median milliseconds of `timed` calls of each step function, after `warmup`.
+
+  The timed calls take turns (a, b, a, b, ...) so that a shared machine's load
+  changes hit every candidate alike. Each call must return only once its step
+  is done (Keras' train_on_batch returns numpy values).
+  """
+  for step in steps.values():
+    for _ in range(warmup):
+      step()
+  times: Dict[str, List[float]] = {name: [] for name in steps}
+  for _ in range(timed):
+    for name, step in steps.items():
+      started = time.perf_counter()
+      step()
+      times[name].append(time.perf_counter() - started)
+  return {name: round(1000 * float(np.median(t)), 2) for name, t in times.items()}
+
+
+def choose_precision(precision: str, time_candidates: Callable[[], Dict[str, float]],
+                     gpu: Optional[bool] = None,
+                     bf16_flags: Optional[List[str]] = None) -> PrecisionChoice:
+  """`precision`, or for `auto` the faster candidate as measured on this machine.
+
+  `time_candidates()` returns the median step in ms of each of AUTO_CANDIDATES;
+  it is called only on a CPU with native bf16 (elsewhere bf16 is emulated and
+  float32 is taken without measuring).
+  """
+  if precision != 'auto':
+    return PrecisionChoice(precision, 'set in the preset')
+  if gpu is None:
+    gpu = bool(tf.config.list_physical_devices('GPU'))
+  if gpu:
+    return PrecisionChoice('float32', 'auto on a GPU: float32 without measuring')
+  flags = native_bf16_flags() if bf16_flags is None else bf16_flags
+  if not flags:
+    return PrecisionChoice('float32', 'auto: the CPU has no native bf16 (neither avx512_bf16 '
+                           'nor amx_bf16), so float32 without measuring')
+  choice = pick_faster(time_candidates())
+  choice.reason = f'auto on a CPU with {"+".join(flags)}: {choice.reason}'
+  return choice
 
 
 def learning_rate(base: float, schedule: str, min_ratio: float, progress: float) -> float:

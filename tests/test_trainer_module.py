@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from components import examples_format, trainer_module
+from components import examples_format, trainer_module, training
 from components.model import build_keras_model
 from components.text import CharVocab
 
@@ -107,12 +107,75 @@ def test_warm_start_loads_weights_only_when_vocabulary_and_architecture_match(tm
   assert trainer_module._warm_start(model, empty, vocab, CFG).startswith('from scratch (no served')
 
 
-def test_precision_auto_follows_the_cpu():
+def test_precision_without_measuring_follows_the_cpu_flags():
   with open('/proc/cpuinfo') as f:
-    native_bf16 = 'avx512_bf16' in f.read()
+    native_bf16 = 'avx512_bf16' in f.read() or 'amx_bf16' in open('/proc/cpuinfo').read()
+  assert bool(training.native_bf16_flags()) == native_bf16
   expected = 'mixed_bfloat16' if native_bf16 else 'float32'
   assert trainer_module.resolve_precision('auto') == expected
   assert trainer_module.resolve_precision('float32') == 'float32'
+
+
+def test_auto_precision_keeps_bf16_only_when_it_is_faster_by_the_margin():
+  faster = training.pick_faster({'float32': 100.0, 'mixed_bfloat16': 80.0})
+  assert faster.precision == 'mixed_bfloat16' and '1.25x faster' in faster.reason
+  assert faster.timings_ms == {'float32': 100.0, 'mixed_bfloat16': 80.0}
+  # Within the margin (5%) or slower: float32 keeps its precision.
+  for bf16 in (96.0, 100.0, 130.0):
+    choice = training.pick_faster({'float32': 100.0, 'mixed_bfloat16': bf16})
+    assert choice.precision == 'float32' and 'not faster by 5%' in choice.reason
+  assert training.pick_faster({'float32': 100.0, 'mixed_bfloat16': 95.0}).precision == (
+      'mixed_bfloat16')
+  with pytest.raises(ValueError, match="step time of mixed_bfloat16 is nan ms"):
+    training.pick_faster({'float32': 100.0, 'mixed_bfloat16': float('nan')})
+
+
+def test_auto_precision_measures_only_on_cpus_with_native_bf16():
+  calls = []
+  def timings():
+    calls.append(1)
+    return {'float32': 50.0, 'mixed_bfloat16': 30.0}
+  choice = training.choose_precision('auto', timings, gpu=False, bf16_flags=[])
+  assert choice.precision == 'float32' and choice.timings_ms is None and not calls
+  assert 'no native bf16' in choice.reason
+  assert training.choose_precision('auto', timings, gpu=True).precision == 'float32'
+  assert not calls
+  choice = training.choose_precision('auto', timings, gpu=False, bf16_flags=['amx_bf16'])
+  assert calls and choice.precision == 'mixed_bfloat16'
+  assert choice.reason.startswith('auto on a CPU with amx_bf16: measured 30.0 ms/step')
+  set_in_preset = training.choose_precision('mixed_bfloat16', timings, gpu=False, bf16_flags=[])
+  assert set_in_preset.precision == 'mixed_bfloat16' and len(calls) == 1
+
+
+def test_auto_precision_times_both_candidates_and_trains_on_from_the_initial_weights(tmp_path):
+  """A real measurement on a tiny model (bf16 is emulated where the CPU lacks it)."""
+  from components import training_config  # pylint: disable=g-import-not-at-top
+  from pipeline import configs  # pylint: disable=g-import-not-at-top
+  text = np.random.default_rng(0).integers(1, 20, 401)
+  files = _tiling_windows(tmp_path / 'Split-train', text, 10, 10)
+  config = training_config.TrainingConfig.from_settings(configs.get_preset(
+      'tiny', 'precision=auto, seq_length=10, batch_size=4, random_offsets=true, dropout=0.1'))
+  model_config = {k: getattr(config, k) for k in CFG}
+  choice, model, first_step = trainer_module._model_at_chosen_precision(
+      config, 20, model_config, 7, files, 40, bf16_flags=['avx512_bf16'])
+  assert set(choice.timings_ms) == {'float32', 'mixed_bfloat16'}
+  assert all(t > 0 for t in choice.timings_ms.values())
+  assert choice == training.pick_faster(choice.timings_ms) or choice.precision == (
+      training.pick_faster(choice.timings_ms).precision)
+  assert 'measured' in choice.reason and first_step > 0
+  assert model.dtype_policy.name == choice.precision
+  # The measured steps are undone: weights, dropout seeds and optimizer state are
+  # those of a model built from the same seed, so training starts from scratch.
+  fresh = trainer_module._build_model(config, 20, model_config, choice.precision, 7)
+  for a, b in zip(model.variables, fresh.variables):
+    np.testing.assert_array_equal(a.numpy(), b.numpy(), err_msg=a.path)
+  assert int(model.optimizer.iterations.numpy()) == 0
+  assert all(not np.any(v.numpy()) for v in model.optimizer.variables
+             if 'momentum' in v.path or 'velocity' in v.path)
+  # Without native bf16 nothing is timed and float32 is built directly.
+  choice, model, first_step = trainer_module._model_at_chosen_precision(
+      config, 20, model_config, 7, files, 40, bf16_flags=[])
+  assert (choice.precision, choice.timings_ms, first_step) == ('float32', None, None)
 
 
 def test_keras_evaluate_on_the_dataset_equals_the_mean_batch_loss(tmp_path):
