@@ -8,7 +8,10 @@ carries what the next warm start needs):
                                   train_steps, stop_reason (epochs | time_budget |
                                   early_stopping), resumed_from_step (0: not
                                   resumed), elapsed_seconds (run_fn's start to
-                                  the end of the export), time_budget_seconds
+                                  the end of the export), time_budget_seconds,
+                                  precision with precision_reason and
+                                  precision_timings_ms (`auto` measured: median ms
+                                  per step of each candidate; null otherwise)
     assets.extra/keras/           Keras weights + config, for warm starts
 
 And in ModelRun: TensorBoard logs (loss curves, a text sample after every
@@ -216,6 +219,73 @@ class _Schedule(keras.callbacks.Callback):
         training.learning_rate(self._lr, self._schedule, self._min_ratio, progress))
 
 
+def _build_model(config: TrainingConfig, vocab_size: int, model_config: Dict[str, Any],
+                 precision: str, seed: int) -> keras.Model:
+  """The compiled model under `precision`; the same initial weights for the same seed."""
+  keras.utils.set_random_seed(seed)   # Python, NumPy and TF: weights, dropout
+  # Layers take the dtype policy in force when they are built; restore the
+  # global one straight after so nothing else in the process is affected.
+  previous_policy = keras.mixed_precision.global_policy()
+  keras.mixed_precision.set_global_policy(precision)
+  try:
+    model = model_lib.build_keras_model(vocab_size, **model_config)
+  finally:
+    keras.mixed_precision.set_global_policy(previous_policy)
+  model.compile(optimizer=keras.optimizers.Adam(config.learning_rate,
+                                                clipnorm=config.clipnorm or None),
+                loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+  return model
+
+
+def _model_at_chosen_precision(config: TrainingConfig, vocab_size: int,
+                               model_config: Dict[str, Any], seed: int,
+                               train_files: List[str], num_train: Optional[int],
+                               bf16_flags: Optional[List[str]] = None):
+  """(PrecisionChoice, the compiled model, its first step's seconds or None).
+
+  For `auto` on a CPU with native bf16, each candidate is built from the same
+  seed and trained a few steps on real batches (training.time_steps: same
+  input pipeline as fit, so fit reuses the traced function). The winner's
+  weights, optimizer state and seeds are then put back as they were built, so
+  training starts exactly where an unmeasured run at that precision starts.
+  `bf16_flags` (tests) stands for the CPU's native bf16 flags.
+  """
+  models: Dict[str, keras.Model] = {}
+  initial: Dict[str, List[Any]] = {}
+  first_step: Dict[str, float] = {}
+
+  def time_candidates() -> Dict[str, float]:
+    ds = make_dataset(train_files, config.seq_length, config.batch_size, repeat=True,
+                      cache=False, num_windows=num_train,
+                      random_offsets=config.random_offsets, seed=seed)
+    batches = iter(ds)
+    steps = {}
+    for precision in training.AUTO_CANDIDATES:
+      model = models[precision] = _build_model(config, vocab_size, model_config, precision, seed)
+      model.optimizer.build(model.trainable_variables)
+      initial[precision] = [v.numpy() for v in model.variables + model.optimizer.variables]
+      model.make_train_function()
+
+      def step(model=model, precision=precision):
+        started = time.perf_counter()
+        logs = model.train_function(batches)
+        float(logs['loss'])                    # the step is done
+        first_step.setdefault(precision, time.perf_counter() - started)
+      steps[precision] = step
+    return training.time_steps(steps)
+
+  choice = training.choose_precision(config.precision, time_candidates, bf16_flags=bf16_flags)
+  model = models.get(choice.precision)
+  if model is None:
+    return choice, _build_model(config, vocab_size, model_config, choice.precision, seed), None
+  for variable, value in zip(model.variables + model.optimizer.variables,
+                             initial[choice.precision]):
+    variable.assign(value)
+  model.reset_metrics()
+  keras.utils.set_random_seed(seed)
+  return choice, model, first_step[choice.precision]
+
+
 def steps_per_epoch(config: TrainingConfig, num_windows: Optional[int],
                     train_files: List[str]) -> int:
   """config.steps_per_epoch, or the batches of one pass over the train split."""
@@ -268,21 +338,13 @@ def run_fn(fn_args: FnArgs) -> None:
       _matching(fn_args.eval_files), custom.get('num_windows_eval'))
   per_epoch = steps_per_epoch(config, num_train, fn_args.train_files)
 
-  # Layers take the dtype policy in force when they are built; restore the
-  # global one straight after so nothing else in the process is affected.
   seed = config.seed if config.seed is not None else random.SystemRandom().randrange(2**31)
-  keras.utils.set_random_seed(seed)   # Python, NumPy and TF: weights, dropout
-  previous_policy = keras.mixed_precision.global_policy()
-  precision = training.resolve_precision(config.precision)
-  logging.info('Compute precision: %s', precision)
-  keras.mixed_precision.set_global_policy(precision)
-  try:
-    model = model_lib.build_keras_model(len(vocab), **model_config)
-  finally:
-    keras.mixed_precision.set_global_policy(previous_policy)
-  model.compile(optimizer=keras.optimizers.Adam(config.learning_rate,
-                                                clipnorm=config.clipnorm or None),
-                loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+  # `auto` times a few steps of each candidate here (inside the budget) and keeps
+  # the faster model, its first (tracing) step and its compiled train function.
+  choice, model, first_step_seconds = _model_at_chosen_precision(
+      config, len(vocab), model_config, seed, fn_args.train_files, num_train)
+  precision = choice.precision
+  logging.info('Compute precision: %s (%s)', precision, choice.reason)
 
   store = None
   if config.backup_every_steps and custom.get('backup_dir'):
@@ -305,6 +367,10 @@ def run_fn(fn_args: FnArgs) -> None:
                          cache=config.eval_steps is None, num_windows=num_eval)
   budget = training.Budget(config.max_train_seconds, clock, _eval_batches(config, num_eval),
                            sample=config.sample_chars > 0)
+  if first_step_seconds is not None:
+    # The precision measurement traced the train function fit will use: its
+    # first step stands for the traces still to come (validation, sample, export).
+    budget.record_first_step(first_step_seconds)
   sampler = _SampleText(vocab, model_config, config.sample_prompt, config.sample_chars,
                         fn_args.model_run_dir)
   monitor = training.TrainingMonitor(
@@ -391,6 +457,8 @@ def run_fn(fn_args: FnArgs) -> None:
                   'val_loss': [e['val_loss'] for e in state.epochs]},
       'start': start_note,
       'precision': precision,
+      'precision_reason': choice.reason,
+      'precision_timings_ms': choice.timings_ms,   # null when not measured
       'seed': state.seed,
       'vocab_size': len(vocab),
       'corpus': custom.get('corpus'),              # sources, num_chars, fingerprint
