@@ -1,14 +1,39 @@
-"""Quick in-process training runs for choosing the `cpu` preset (not the pipeline).
+"""Quick in-process training runs for choosing the `cpu` preset (not the pipeline):
+several variants ("arms") trained side by side, interleaved, in one process.
 
-  .venv/bin/python -m bench.quality.explore --tag NAME [--units 384 --lr 6e-3 --offsets 1 ...]
+  .venv/bin/python -m bench.quality.explore --arms base,carry,carry_seq50 --seconds 150
+  .venv/bin/python -m bench.quality.explore --arms base,carry --steps 300
+  .venv/bin/python -m bench.quality.explore --arms base --arm u512=units:512,lr:0.006 ...
 
 Same text, split, windows and eval as the pipeline (the first 90% of the corpus
 trains; eval = WindowGen's windows of 101 ids every 100 over the last 10%, scored
-from a zero state in float32 as the exported model computes), but no TFX, no
-TFRecords, no per-epoch validation or samples: one variant in about 5.5 minutes.
-Each run appends a row to bench/results/quality_explore.json and prints the table
-of all rows. Differences under ~0.03 nats/char are within run-to-run noise on
-this shared VM; the choice is confirmed through the pipeline with bench.quality.
+from a zero state in float32 as the exported model computes: the gate's number),
+but no TFX, no TFRecords, no per-epoch validation or samples.
+
+Arms take turns: each trains for `--segment` seconds, then the next, so a change
+in the shared machine's load hits every arm alike. Each arm stops at its own
+budget: `--seconds` of its own training time (equal wall time: what a user
+waiting for the preset gets) or `--steps` (equal steps: quality per update,
+independent of the load); its learning-rate schedule runs over that budget.
+ms/step leaves out each arm's first step (tracing).
+
+The levers (issue 13, item 4):
+  base      the `cpu` preset as it trains today: windows re-cut at random offsets,
+            shuffled, each from a zero state;
+  carry     truncated BPTT (components/tbptt.py): 64 parallel streams through
+            the text, each batch starting from the state the previous one ended
+            in, so a step sees context from far back at no extra cost;
+  ..._seqN  the same with N-character windows (shorter: more updates per
+            second with the context still carried);
+  reset     carried state with rows reset at random, so the model also meets
+            the zero state the gate and every generate() start from.
+Besides the gate's zero-state loss, `eval_loss_warm` scores (nearly) the same
+windows in text order with the state carried from window to window (16 streams):
+what a model with context achieves, reported apart, never as the gate's number.
+
+Each run appends one row per arm to bench/results/quality_explore.json, with the
+machine and the load, and prints the table of this run's rows. Differences
+under ~0.03 nats/char are within run-to-run noise on this shared VM.
 """
 
 import argparse
@@ -22,101 +47,209 @@ import numpy as np
 import tensorflow as tf
 
 from bench import common
+from components import examples_format, tbptt, training
 from components import model as model_lib
-from components import examples_format
 from components.text import CharVocab
-from components.trainer_module import _Schedule
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 CORPUS = os.path.join(REPO, 'data', 'tinyshakespeare.txt')
 RESULTS = os.path.join(common.RESULTS_DIR, 'quality_explore.json')
 
+# Each arm is a set of changes to the command line's settings (the `cpu` preset's).
+ARMS = {
+    'base': {},
+    'carry': {'carry': 1},
+    'reset': {'carry': 1, 'reset_prob': 0.05},
+    'carry_seq50': {'carry': 1, 'seq': 50},
+    'carry_seq200': {'carry': 1, 'seq': 200},
+    'carry_u512': {'carry': 1, 'units': 512, 'lr': 6e-3},
+    'carry_u256': {'carry': 1, 'units': 256, 'lr': 1e-2},
+    'base_u256': {'units': 256, 'lr': 1e-2},
+}
+EVAL_WINDOW = 101     # the gate scores WindowGen's windows of 100 + 1 ids
+WARM_STREAMS = 16
+
+
+class Arm:
+  """One variant: its model, its data stream, its budget and its clock."""
+
+  def __init__(self, name, s, vocab_size, train, precision, budget_steps, budget_seconds):
+    self.name, self.s = name, s
+    self.budget_steps, self.budget_seconds = budget_steps, budget_seconds
+    keras.mixed_precision.set_global_policy(precision)
+    self.model = model_lib.build_keras_model(vocab_size, s.emb, s.rnn, s.units, s.layers,
+                                             s.dropout)
+    keras.mixed_precision.set_global_policy('float32')
+    self.trainer = tbptt.CarriedStateTrainer(self.model, s.batch) if s.carry else self.model
+    self.trainer.compile(optimizer=keras.optimizers.Adam(s.lr, clipnorm=s.clipnorm or None),
+                         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    if s.carry:
+      self.batches = iter(tbptt.stream_dataset(train, s.seq, s.batch, s.reset_prob, s.seed))
+      self.steps_per_epoch = tbptt.steps_per_epoch(len(train), s.seq, s.batch)
+    else:
+      self.batches = self._recut(train)
+      self.steps_per_epoch = (len(train) - 1) // s.seq // s.batch
+    self.steps, self.seconds, self.losses = 0, 0.0, []
+
+  def _recut(self, train):
+    """make_dataset's random_offsets: every window cut at its own random offset, shuffled."""
+    rng = np.random.default_rng(self.s.seed)
+    seq, batch = self.s.seq, self.s.batch
+    while True:
+      starts = np.arange(0, len(train) - 2 * seq - 1, seq) + rng.integers(
+          0, seq, (len(train) - 2 * seq - 1 + seq - 1) // seq)
+      rng.shuffle(starts)
+      for i in range(0, len(starts) - batch + 1, batch):
+        windows = train[starts[i:i + batch, None] + np.arange(seq + 1)]
+        yield windows[:, :-1], windows[:, 1:]
+
+  def progress(self):
+    if self.budget_steps:
+      return self.steps / self.budget_steps
+    return self.seconds / self.budget_seconds
+
+  def done(self):
+    return self.progress() >= 1.0
+
+  def step(self):
+    s = self.s
+    self.trainer.optimizer.learning_rate.assign(
+        training.learning_rate(s.lr, s.schedule, s.min_ratio, self.progress()))
+    x, y = next(self.batches)
+    self.trainer.reset_metrics()    # train_on_batch's loss is otherwise a running mean
+    started = time.monotonic()
+    loss = self.trainer.train_on_batch(x, y, return_dict=True)['loss']
+    if self.steps:    # the first step traces: not the model's speed
+      self.seconds += time.monotonic() - started
+    self.steps += 1
+    self.losses.append(float(loss))
+
+
+def eval_losses(arm, vocab_size, eval_windows, precision):
+  """(zero-state loss over all eval windows, zero-state and carried-state loss over
+  the windows WARM_STREAMS streams cover), in float32 as the export computes."""
+  s = arm.s
+  scorer = arm.model
+  if precision != 'float32':
+    scorer = model_lib.build_keras_model(vocab_size, s.emb, s.rnn, s.units, s.layers, s.dropout)
+    scorer.set_weights(arm.model.get_weights())
+  state_io = model_lib.with_state_io(scorer)
+  size = state_io.inputs[1].shape[1]
+
+  def xent(windows, logits):
+    return tf.nn.sparse_softmax_cross_entropy_with_logits(windows[:, 1:], logits).numpy()
+
+  zero = np.concatenate([xent(w, scorer(w[:, :-1], training=False))
+                         for w in np.array_split(eval_windows, max(1, len(eval_windows) // 256))])
+  # Windows tile the eval text: stream b reads windows b*L .. b*L + L - 1 in order.
+  length = len(eval_windows) // WARM_STREAMS
+  streams = eval_windows[:WARM_STREAMS * length].reshape(WARM_STREAMS, length, EVAL_WINDOW)
+  states, warm = tf.zeros([WARM_STREAMS, size]), []
+  for t in range(length):
+    logits, states = state_io([tf.constant(streams[:, t, :-1]), states], training=False)
+    warm.append(xent(streams[:, t], logits))
+  return float(zero.mean()), float(zero[:WARM_STREAMS * length].mean()), float(np.mean(warm))
+
+
+def parse_arm(text):
+  """'name=key:value,key:value' -> (name, changes) for an arm not in ARMS."""
+  name, _, spec = text.partition('=')
+  changes = {}
+  for item in filter(None, spec.split(',')):
+    key, _, value = item.partition(':')
+    changes[key] = float(value) if '.' in value or 'e' in value else int(value)
+  return name, changes
+
 
 def main() -> None:
   p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-  p.add_argument('--tag', required=True)
-  p.add_argument('--units', type=int, default=512)
+  p.add_argument('--arms', default='base,carry', help=f'comma-separated, of {sorted(ARMS)}')
+  p.add_argument('--arm', action='append', default=[], help='name=key:value,... (another arm)')
+  p.add_argument('--tag', default='', help='prefix of this run\'s row tags')
+  p.add_argument('--seconds', type=float, default=150, help='each arm\'s own training time')
+  p.add_argument('--steps', type=int, default=0, help='equal steps instead of equal time')
+  p.add_argument('--segment', type=float, default=5.0, help='seconds per turn')
+  # The `cpu` preset's settings (pipeline/configs.py), what every arm changes.
+  p.add_argument('--units', type=int, default=384)
   p.add_argument('--emb', type=int, default=64)
   p.add_argument('--layers', type=int, default=1)
   p.add_argument('--rnn', default='gru')
   p.add_argument('--batch', type=int, default=64)
   p.add_argument('--seq', type=int, default=100)
-  p.add_argument('--lr', type=float, default=4e-3)
-  p.add_argument('--min_ratio', type=float, default=0.1)
+  p.add_argument('--lr', type=float, default=8e-3)
+  p.add_argument('--min_ratio', type=float, default=0.02)
   p.add_argument('--schedule', default='cosine')
-  p.add_argument('--seconds', type=float, default=300)
-  p.add_argument('--offsets', type=int, default=0, help='1: a random offset every epoch')
-  p.add_argument('--clipnorm', type=float, default=0)
+  p.add_argument('--clipnorm', type=float, default=1.0)
   p.add_argument('--dropout', type=float, default=0)
-  p.add_argument('--precision', default='mixed_bfloat16')
-  p.add_argument('--seed', type=int, default=None)
+  p.add_argument('--carry', type=int, default=0, help='1: truncated BPTT (carried state)')
+  p.add_argument('--reset_prob', type=float, default=0.0)
+  p.add_argument('--precision', default='auto')
+  p.add_argument('--seed', type=int, default=1)
   p.add_argument('--corpus', default=CORPUS)
   p.add_argument('--output', default=RESULTS, help='results JSON; rows are appended')
   a = p.parse_args()
   run = common.Run('quality_explore')
-  if a.seed is not None:
-    keras.utils.set_random_seed(a.seed)
+  machine = common.machine()
+  precision = training.resolve_precision(a.precision)
 
   with open(a.corpus, encoding='utf-8') as f:
     text = f.read()
-  # The pipeline's own vocabulary, split and eval windows (the gate's metric is
-  # over windows of 100 + 1 ids, whatever --seq trains on).
   vocab = CharVocab.from_text(text)
-  vocab_size = len(vocab)
   ids = vocab.encode(text).astype(np.int32)
   boundary = examples_format.split_boundary(len(ids), 0.1)
   train = ids[:boundary]
-  eval_windows = np.stack([ids[s:s + 101] for s in examples_format.window_starts(
-      boundary, len(ids), 101, 100, boundary, len(ids))])
+  eval_windows = np.stack([ids[s:s + EVAL_WINDOW] for s in examples_format.window_starts(
+      boundary, len(ids), EVAL_WINDOW, EVAL_WINDOW - 1, boundary, len(ids))])
 
-  keras.mixed_precision.set_global_policy(a.precision)
-  model = model_lib.build_keras_model(vocab_size, a.emb, a.rnn, a.units, a.layers, a.dropout)
-  keras.mixed_precision.set_global_policy('float32')
-  model.compile(optimizer=keras.optimizers.Adam(a.lr, clipnorm=a.clipnorm or None),
-                loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+  arms = dict(ARMS)
+  arms.update(parse_arm(t) for t in a.arm)
+  names = [n for n in a.arms.split(',') if n] + [parse_arm(t)[0] for t in a.arm]
+  base = {k: v for k, v in vars(a).items()
+          if k not in ('arms', 'arm', 'tag', 'seconds', 'steps', 'segment', 'corpus', 'output')}
+  built = []
+  for name in names:
+    keras.utils.set_random_seed(a.seed)     # the same initial weights where shapes agree
+    settings = argparse.Namespace(**dict(base, **arms[name]))
+    built.append(Arm(name, settings, len(vocab), train, precision, a.steps, a.seconds))
 
-  rng = np.random.default_rng(a.seed)
+  # Turns, rotating who goes first so no arm always follows the same neighbour.
+  turn = 0
+  while not all(arm.done() for arm in built):
+    order = built[turn % len(built):] + built[:turn % len(built)]
+    for arm in order:
+      started = time.monotonic()
+      while not arm.done() and time.monotonic() - started < a.segment:
+        arm.step()
+    turn += 1
+    print(' '.join(f'{arm.name}:{arm.steps}/{np.mean(arm.losses[-20:]):.3f}' for arm in built),
+          f'load {common.loadavg()[0]}', flush=True)
 
-  def batches():
-    epoch = 0
-    while True:
-      offset = int(rng.integers(0, a.seq)) if a.offsets and epoch else 0
-      starts = np.arange(offset, len(train) - a.seq, a.seq)
-      windows = np.stack([train[s:s + a.seq + 1] for s in starts])
-      rng.shuffle(windows)
-      for i in range(0, len(windows) - a.batch + 1, a.batch):
-        yield windows[i:i + a.batch, :-1], windows[i:i + a.batch, 1:]
-      epoch += 1
-
-  spec = tf.TensorSpec([a.batch, a.seq], tf.int32)
-  ds = tf.data.Dataset.from_generator(batches, output_signature=(spec, spec)).prefetch(4)
-  schedule = _Schedule(a.lr, a.schedule, a.min_ratio, None, a.seconds)
-  started = time.monotonic()
-  history = model.fit(ds, epochs=1000, steps_per_epoch=(len(train) - 1) // a.seq // a.batch,
-                      callbacks=[schedule], verbose=0)
-  train_seconds = time.monotonic() - started
-
-  scorer = model_lib.build_keras_model(vocab_size, a.emb, a.rnn, a.units, a.layers, a.dropout)
-  scorer.set_weights(model.get_weights())      # float32, as the exported model computes
-  total = 0.0
-  for i in range(0, len(eval_windows), 256):
-    w = eval_windows[i:i + 256]
-    total += float(tf.reduce_sum(tf.nn.sparse_softmax_cross_entropy_with_logits(
-        w[:, 1:], scorer(w[:, :-1], training=False))))
-  row = {'tag': a.tag, 'date': run.started.isoformat(timespec='seconds'), 'eval_loss': total / (len(eval_windows) * 100),
-         'train_seconds': train_seconds, 'steps': schedule._step,  # pylint: disable=protected-access
-         'epochs': len(history.epoch), 'last_train_loss': history.history['loss'][-1],
-         'load_end': common.loadavg()[0],
-         'settings': {k: v for k, v in vars(a).items() if k not in ('tag', 'corpus')}}
   rows = []
+  for arm in built:
+    zero, zero_covered, warm = eval_losses(arm, len(vocab), eval_windows, precision)
+    rows.append({
+        'tag': a.tag + arm.name, 'date': run.started.isoformat(timespec='seconds'),
+        'mode': f'equal steps ({a.steps})' if a.steps else f'equal time ({a.seconds:g} s)',
+        'eval_loss': zero,                        # the gate's: zero state, every window
+        'eval_loss_covered': zero_covered,        # zero state, the windows warm covers
+        'eval_loss_warm': warm,                   # state carried window to window
+        'steps': arm.steps, 'train_seconds': round(arm.seconds, 1),
+        'ms_per_step': round(1000 * arm.seconds / max(arm.steps - 1, 1), 1),
+        'epochs': round(arm.steps / arm.steps_per_epoch, 2),
+        'last_train_loss': float(np.mean(arm.losses[-20:])),
+        'precision': precision, 'load_start': run.load_start, 'load_end': common.loadavg(),
+        'machine': {k: machine[k] for k in ('cpu_model', 'simd', 'cores')},
+        'settings': vars(arm.s)})
+  previous = {}
   if os.path.exists(a.output):
     with open(a.output) as f:
-      rows = json.load(f)['results']
-  rows.append(row)
-  run.write({'results': rows}, a.output)
-  print(common.table([{k: v for k, v in r.items() if k != 'settings'} for r in rows],
-                     ['tag', 'eval_loss', 'train_seconds', 'steps', 'epochs', 'last_train_loss',
-                      'load_end']))
+      previous = json.load(f)
+  # Rows from before rows carried their machine took the file's one machine.
+  for row in previous.get('results', []):
+    row.setdefault('machine', {k: previous['machine'][k] for k in ('cpu_model', 'simd', 'cores')})
+  run.write({'results': previous.get('results', []) + rows}, a.output)
+  print(common.table(rows, ['tag', 'mode', 'eval_loss', 'eval_loss_warm', 'steps', 'ms_per_step',
+                            'epochs', 'last_train_loss', 'load_end']))
 
 
 if __name__ == '__main__':
