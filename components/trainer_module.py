@@ -325,6 +325,11 @@ def _matching(patterns: List[str]) -> List[str]:
 
 
 def run_fn(fn_args: FnArgs) -> None:
+  # TF_CONFIG naming several workers (Vertex AI, a TFJob): data-parallel training.
+  from components import multiworker  # pylint: disable=g-import-not-at-top
+  cluster = multiworker.cluster_from_env()
+  if cluster is not None and cluster.is_multi_worker:
+    return multiworker.run(fn_args, cluster)
   clock = training.Clock()   # the time budget counts from here
   custom = fn_args.custom_config
   config = TrainingConfig.from_custom_config(custom)

@@ -1,0 +1,555 @@
+"""Data-parallel training across workers: run_fn's path when TF_CONFIG describes a cluster.
+
+Vertex AI Training (a CustomJob with several replicas) and the Kubeflow Training
+Operator (a TFJob) start the same program on every machine and tell each one
+the cluster and its own place in it through the `TF_CONFIG` environment
+variable:
+
+  {"cluster": {"chief": ["host0:port"], "worker": ["host1:port", ...]},
+   "task": {"type": "worker", "index": 0}}
+
+`cluster_from_env` reads it (the one owner of that format here). A cluster of
+more than one task trains here, with `tf.distribute.MultiWorkerMirroredStrategy`
+(every worker holds the whole model; gradients are summed over the workers by
+collective all-reduce over gRPC, as TF sets it up from TF_CONFIG); anything else,
+TF_CONFIG absent or a single task, leaves run_fn on its single-process path
+(components/trainer_module.py), unchanged.
+
+Why a custom loop and not `model.fit`: Keras 3.12's `fit` under
+MultiWorkerMirroredStrategy fails on TF 2.16. So a `tf.function` train step runs
+under `strategy.run`, with the same settings as the single-process path:
+
+* batches: the global batch is `batch_size`, split evenly over the workers
+  (batch_size must divide by the number of workers). So a step sees as much data
+  as a single-process step, an epoch has as many steps, and the learning rate
+  means the same; only the work of a step is shared. Every worker reads the very
+  same stream as the single-process run (trainer_module.make_dataset with the
+  same seed: shuffles, random offsets) and keeps its own rows of each batch, so
+  step k trains on exactly the single-process run's batch k. The price is that
+  every worker reads and parses all windows (cheap next to the RNN's step);
+* loss: each worker sums its rows' per-character losses and divides by the
+  global batch's characters; the all-reduced gradient is then the gradient of
+  the global mean, as in `fit`. clipnorm clips that summed gradient (one more
+  all-reduce per step when clipnorm > 0), not each worker's part;
+* the learning-rate schedule, the time budget (training.Budget, Clock), the
+  divergence ceiling (training.divergence), early stopping, history.json
+  (training.TrainingState, write_history), progress lines (training.Progress)
+  and the per-epoch sample (trainer_module._SampleText) are reused. What could
+  not be reused is `training.TrainingMonitor` itself: it is a Keras callback
+  that decides on each worker's own clock, and workers that disagree by one step
+  on stopping would leave the others waiting in an all-reduce forever. Here only
+  the chief decides: its proposal (this step's learning rate, whether to stop
+  after it) is all-reduced inside the train step, before the update, so every
+  worker applies the same rate and stops after the same step. Epoch ends agree
+  the same way. Losses, validation losses and so divergence and early stopping
+  are all-reduced values, the same on every worker;
+* validation runs on every worker (each its rows of the eval batches, summed by
+  all-reduce), after every epoch and after a stop mid-epoch.
+
+Only the chief (task type 'chief'; worker 0 when the cluster has no chief)
+writes: the export and its assets.extra (vocabulary.json, keras/, metrics.json
+with the single-process keys plus 'workers', 'global_batch_size',
+'per_worker_batch_size', 'chars_per_second', 'chars_per_second_per_worker',
+'task'), TensorBoard logs, per-epoch checkpoints and history.json. The export
+copies the weights into plain variables (model.CharRnnExport) and runs no
+collective, so the other workers need not take part in it; whatever they log
+(their TensorBoard summaries) goes to a temporary directory that is removed
+when they finish, and they write nothing into fn_args' directories.
+
+Not done on this path (said plainly): step backups and resume after a kill
+(backup_every_steps is ignored: a killed worker fails the whole job, which
+restarts from scratch or from the served model when warm_start is on), and
+precision mixed_float16 (it needs loss scaling in the loop; refused with an
+error). Warm starts work: every worker loads the same served weights.
+"""
+
+import dataclasses
+import json
+import math
+import os
+import random
+import shutil
+import tempfile
+import time
+from typing import Any, Dict, List, Mapping, Optional
+
+import keras
+import tensorflow as tf
+from absl import logging
+from tfx.components.trainer.fn_args_utils import FnArgs
+
+from components import examples_format
+from components import model as model_lib
+from components import trainer_module
+from components import training
+from components.text import CharVocab
+from components.training_config import TrainingConfig
+
+TF_CONFIG_ENV = 'TF_CONFIG'
+# The task types MultiWorkerMirroredStrategy trains with. Parameter servers and
+# evaluators belong to other strategies; 'master' is TF1's name for the chief.
+TASK_TYPES = ('chief', 'worker')
+STRATEGY_NAME = 'MultiWorkerMirroredStrategy'
+
+
+# ---------------------------------------------------------------- TF_CONFIG
+@dataclasses.dataclass(frozen=True)
+class Cluster:
+  """TF_CONFIG's cluster and this process' task in it."""
+  spec: Dict[str, List[str]]     # task type -> addresses
+  task_type: str
+  task_index: int
+
+  @property
+  def num_workers(self) -> int:
+    """Tasks that train (chief included)."""
+    return sum(len(self.spec.get(t, [])) for t in TASK_TYPES)
+
+  @property
+  def is_multi_worker(self) -> bool:
+    return self.num_workers > 1
+
+  @property
+  def is_chief(self) -> bool:
+    """The 'chief' task, or worker 0 when the cluster has no chief: it alone writes."""
+    if self.spec.get('chief'):
+      return self.task_type == 'chief'
+    return self.task_type == 'worker' and self.task_index == 0
+
+  @property
+  def task_name(self) -> str:
+    return f'{self.task_type}:{self.task_index}'
+
+
+def _error(text: str) -> ValueError:
+  return ValueError(f'{TF_CONFIG_ENV}: {text}')
+
+
+def parse_tf_config(text: Optional[str]) -> Optional[Cluster]:
+  """The cluster TF_CONFIG describes, or None when it describes none (absent, empty,
+  no "cluster"); a ValueError naming TF_CONFIG and the fault for anything malformed."""
+  if text is None or not text.strip():
+    return None
+  try:
+    config = json.loads(text)
+  except json.JSONDecodeError as e:
+    raise _error(f'not JSON ({e}): {text[:200]!r}') from None
+  if not isinstance(config, dict):
+    raise _error(f'must be a JSON object with "cluster" and "task", not {text[:200]!r}')
+  spec = config.get('cluster')
+  if not spec:
+    return None   # TF's own reading: no cluster, a single local process
+  if not isinstance(spec, dict):
+    raise _error(f'"cluster" must map task types to lists of "host:port", not {spec!r}')
+  unknown = sorted(set(spec) - set(TASK_TYPES))
+  if unknown:
+    raise _error(f'task types {unknown} are not supported: {STRATEGY_NAME} trains with '
+                 f'{" and ".join(map(repr, TASK_TYPES))} tasks only')
+  for task_type, addresses in spec.items():
+    if (not isinstance(addresses, list) or not addresses
+        or not all(isinstance(a, str) and a.rpartition(':')[0] and
+                   a.rpartition(':')[2].isdigit() for a in addresses)):
+      raise _error(f'cluster["{task_type}"] must be a non-empty list of "host:port" '
+                   f'strings, not {addresses!r}')
+  if len(spec.get('chief', [])) > 1:
+    raise _error(f'a cluster has at most one chief, not {len(spec["chief"])}')
+  task = config.get('task')
+  if not isinstance(task, dict) or 'type' not in task or 'index' not in task:
+    raise _error(f'"task" must be {{"type": ..., "index": ...}} naming this process\' '
+                 f'place in the cluster, not {task!r}')
+  task_type, index = task['type'], task['index']
+  if task_type not in spec:
+    raise _error(f'task type {task_type!r} is not in the cluster ({sorted(spec)})')
+  if isinstance(index, bool) or not isinstance(index, int) or not (
+      0 <= index < len(spec[task_type])):
+    raise _error(f'task index {index!r} is not one of the {len(spec[task_type])} '
+                 f'{task_type!r} tasks (0..{len(spec[task_type]) - 1})')
+  return Cluster(spec={k: list(v) for k, v in spec.items()}, task_type=task_type,
+                 task_index=index)
+
+
+def cluster_from_env(environ: Optional[Mapping[str, str]] = None) -> Optional[Cluster]:
+  """parse_tf_config(os.environ['TF_CONFIG']); None without one."""
+  return parse_tf_config((os.environ if environ is None else environ).get(TF_CONFIG_ENV))
+
+
+# ------------------------------------------------------------------ training
+def _split_batch(global_batch: int, workers: int) -> int:
+  if global_batch % workers:
+    raise ValueError(
+        f'batch_size={global_batch} (the global batch) does not divide evenly over '
+        f'{workers} workers: choose a multiple of {workers}')
+  return global_batch // workers
+
+
+class _Summaries:
+  """Epoch losses as Keras' TensorBoard callback writes them (train/, validation/)."""
+
+  def __init__(self, log_dir: str):
+    self._train = tf.summary.create_file_writer(os.path.join(log_dir, 'train'))
+    self._validation = tf.summary.create_file_writer(os.path.join(log_dir, 'validation'))
+
+  def epoch(self, epoch: int, loss: float, val_loss: float, lr: float) -> None:
+    with self._train.as_default():
+      tf.summary.scalar('epoch_loss', loss, step=epoch)
+      tf.summary.scalar('epoch_learning_rate', lr, step=epoch)
+    with self._validation.as_default():
+      tf.summary.scalar('epoch_loss', val_loss, step=epoch)
+
+  def close(self) -> None:
+    self._train.close()
+    self._validation.close()
+
+
+def run(fn_args: FnArgs, cluster: Cluster) -> None:
+  """run_fn on one task of a multi-worker cluster (see the module doc)."""
+  clock = training.Clock()   # the time budget counts from here, as in run_fn
+  # First: collectives can only be configured before TensorFlow's runtime starts.
+  try:
+    strategy = tf.distribute.MultiWorkerMirroredStrategy()
+  except RuntimeError as e:
+    raise RuntimeError(
+        f'{STRATEGY_NAME} could not start ({e}): it must be created before this process '
+        'runs any TensorFlow op; run the Trainer in a fresh process per task') from e
+  workers = strategy.extended._num_workers  # pylint: disable=protected-access
+  if workers != cluster.num_workers:
+    raise RuntimeError(f'{TF_CONFIG_ENV} names {cluster.num_workers} workers but the '
+                       f'strategy has {workers}')
+  chief = cluster.is_chief
+  custom = fn_args.custom_config
+  config = TrainingConfig.from_custom_config(custom)
+  precision = training.resolve_precision(config.precision)
+  if precision == 'mixed_float16':
+    raise ValueError('precision mixed_float16 is not supported with several workers '
+                     '(it needs loss scaling in the custom loop): use float32 or '
+                     'mixed_bfloat16')
+  global_batch = config.batch_size
+  per_worker = _split_batch(global_batch, workers)
+  replicas = strategy.num_replicas_in_sync
+  if replicas != workers:
+    raise ValueError(f'{replicas} replicas over {workers} workers: this path trains one '
+                     'replica per worker (one CPU or one accelerator each)')
+  logging.info('%s: task %s of %d workers (%s), global batch %d = %d per worker',
+               STRATEGY_NAME, cluster.task_name, workers,
+               'chief, writes the model' if chief else 'writes nothing', global_batch,
+               per_worker)
+
+  vocab = CharVocab.load(custom['vocabulary_uri'])
+  model_config = {k: getattr(config, k) for k in model_lib.MODEL_CONFIG_KEYS}
+  num_train = examples_format.count_records(
+      trainer_module._matching(fn_args.train_files), custom.get('num_windows_train'))  # pylint: disable=protected-access
+  num_eval = examples_format.count_records(
+      trainer_module._matching(fn_args.eval_files), custom.get('num_windows_eval'))  # pylint: disable=protected-access
+  per_epoch = trainer_module.steps_per_epoch(config, num_train, fn_args.train_files)
+  eval_batches = min(trainer_module._eval_batches(config, num_eval),  # pylint: disable=protected-access
+                     num_eval // global_batch)
+  if eval_batches < 1:
+    raise ValueError(f'the eval split has {num_eval} windows, fewer than one global batch '
+                     f'of batch_size={global_batch}: lower batch_size or use a larger corpus')
+  if config.backup_every_steps and custom.get('backup_dir'):
+    logging.warning('Step backups are not written with several workers '
+                    '(backup_every_steps=%d ignored): a killed job starts again.',
+                    config.backup_every_steps)
+
+  # The same seed on every worker: the same initial weights (MWMS also copies
+  # the chief's) and the same data stream, of which each keeps its rows.
+  seed = config.seed if config.seed is not None else _agree_seed(strategy, chief)
+  keras.utils.set_random_seed(seed)
+  previous_policy = keras.mixed_precision.global_policy()
+  keras.mixed_precision.set_global_policy(precision)
+  # A plain variable on each worker: the rate the chief chose for this step
+  # (set inside the step, before the update) is what Adam reads.
+  lr_var = tf.Variable(config.learning_rate, trainable=False, dtype=tf.float32)
+  try:
+    with strategy.scope():
+      model = model_lib.build_keras_model(len(vocab), **model_config)
+      optimizer = keras.optimizers.Adam(lambda: lr_var)
+      optimizer.build(model.trainable_variables)
+  finally:
+    keras.mixed_precision.set_global_policy(previous_policy)
+  start_note = trainer_module._warm_start(model, fn_args.base_model, vocab, model_config)  # pylint: disable=protected-access
+  start_note += f' ({STRATEGY_NAME}, {workers} workers)'
+  logging.info('Training %s', start_note)
+
+  seq_length = config.seq_length
+  chars_per_batch = float(global_batch * seq_length)
+  token_loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True, reduction='none')
+
+  def rows(input_context: tf.distribute.InputContext):
+    lo = input_context.input_pipeline_id * per_worker
+    return lambda x, y: (x[lo:lo + per_worker], y[lo:lo + per_worker])
+
+  def train_input(input_context):
+    ds = trainer_module.make_dataset(
+        fn_args.train_files, seq_length, global_batch, shuffle_buffer=config.shuffle_buffer,
+        repeat=True, cache=config.steps_per_epoch is None, num_windows=num_train,
+        random_offsets=config.random_offsets, seed=seed)
+    return ds.map(rows(input_context))
+
+  def eval_input(input_context):
+    ds = trainer_module.make_dataset(
+        fn_args.eval_files, seq_length, global_batch, cache=config.eval_steps is None,
+        num_windows=num_eval)
+    return ds.take(eval_batches).map(rows(input_context))
+
+  train_iter = iter(strategy.distribute_datasets_from_function(train_input))
+  eval_data = strategy.distribute_datasets_from_function(eval_input)
+
+  def batch_loss(x, y, training_mode):
+    logits = model(x, training=training_mode)
+    return tf.reduce_sum(tf.cast(token_loss(y, logits), tf.float32)) / chars_per_batch
+
+  @tf.function
+  def train_step(iterator, proposal):
+    def replica_step(x, y, proposal):
+      ctx = tf.distribute.get_replica_context()
+      # (tf.identity: an argument tensor has no device to all-reduce onto.)
+      agreed = ctx.all_reduce(tf.distribute.ReduceOp.SUM, tf.identity(proposal))
+      lr_var.assign(agreed[0])
+      with tf.GradientTape() as tape:
+        loss = batch_loss(x, y, True)
+      grads = tape.gradient(loss, model.trainable_variables)
+      if config.clipnorm:
+        # Clip the global gradient, as fit does; Adam then sums the (equal) shares.
+        grads = ctx.all_reduce(tf.distribute.ReduceOp.SUM, grads)
+        grads = [tf.clip_by_norm(g, config.clipnorm) / workers for g in grads]
+      optimizer.apply_gradients(zip(grads, model.trainable_variables))
+      return loss, agreed
+    x, y = next(iterator)
+    loss, agreed = strategy.run(replica_step, args=(x, y, proposal))
+    return (strategy.reduce(tf.distribute.ReduceOp.SUM, loss, axis=None),
+            strategy.experimental_local_results(agreed)[0])
+
+  @tf.function
+  def eval_step(iterator):
+    x, y = next(iterator)
+    loss = strategy.run(lambda x, y: batch_loss(x, y, False), args=(x, y))
+    return strategy.reduce(tf.distribute.ReduceOp.SUM, loss, axis=None)
+
+  def validate() -> float:
+    iterator = iter(eval_data)
+    return sum(float(eval_step(iterator)) for _ in range(eval_batches)) / eval_batches
+
+  def agree(value: float) -> float:
+    """The chief's value, on every worker (a tiny all-reduce)."""
+    return float(strategy.reduce(tf.distribute.ReduceOp.SUM, strategy.run(
+        lambda: tf.constant(value if chief else 0.0)), axis=None))
+
+  # Where this worker's logs go: the ModelRun for the chief, a scratch directory
+  # (removed at the end) for the others.
+  scratch = None if chief else tempfile.mkdtemp(prefix=f'char-rnn-{cluster.task_type}'
+                                                       f'-{cluster.task_index}-')
+  log_dir = fn_args.model_run_dir if chief else scratch
+  try:
+    state, eval_loss, loop_seconds = _train(
+        config, clock, strategy, model, per_epoch, eval_batches, train_iter, train_step,
+        validate, agree, chief, vocab, model_config, log_dir, seed)
+  finally:
+    if scratch:
+      shutil.rmtree(scratch, ignore_errors=True)
+  if not chief:
+    logging.info('Task %s done after %d steps; waiting for the chief to export.',
+                 cluster.task_name, state.step)
+    agree(0.0)   # the end barrier (see below)
+    return
+
+  serving_dir = fn_args.serving_model_dir
+  model_lib.export_serving_model(model, vocab.tokens, model_config,
+                                 config.max_generate_chars, serving_dir,
+                                 config.serving_matmul_dtype)
+  extra = os.path.join(serving_dir, 'assets.extra')
+  tf.io.gfile.makedirs(extra)
+  vocab.save(extra)
+  trainer_module._save_keras_weights(model, vocab, model_config, extra)  # pylint: disable=protected-access
+  training.write_history(fn_args.model_run_dir, state, config.max_train_seconds)
+  chars_per_second = state.step * chars_per_batch / max(loop_seconds, 1e-9)
+  metrics = {
+      'eval_loss': eval_loss,
+      'bits_per_char': eval_loss / math.log(2),
+      'perplexity': math.exp(min(eval_loss, 700.0)),
+      'epochs_run': len(state.epochs),
+      'train_seconds': clock.elapsed(),
+      'train_steps': state.step,
+      'resumed_from_step': 0,
+      'stop_reason': state.stop_reason,
+      'stopped_by_time_budget': state.stop_reason == training.STOP_TIME_BUDGET,
+      'time_budget_seconds': config.max_train_seconds,
+      'history': {'loss': [e['loss'] for e in state.epochs],
+                  'val_loss': [e['val_loss'] for e in state.epochs]},
+      'start': start_note,
+      'precision': precision,
+      'seed': seed,
+      'vocab_size': len(vocab),
+      'corpus': custom.get('corpus'),
+      'state_size': model_lib.state_size(config.rnn_type, config.rnn_units, config.num_layers),
+      'config': config.to_custom_config(),
+      # This path's own figures.
+      'strategy': STRATEGY_NAME,
+      'workers': workers,
+      'task': cluster.task_name,
+      'global_batch_size': global_batch,
+      'per_worker_batch_size': per_worker,
+      'step_seconds_total': loop_seconds,         # the train steps alone
+      'chars_per_second': chars_per_second,       # all workers together
+      'chars_per_second_per_worker': chars_per_second / workers,
+  }
+  metrics['elapsed_seconds'] = clock.elapsed()
+  with tf.io.gfile.GFile(os.path.join(extra, trainer_module.METRICS_FILE), 'w') as f:
+    f.write(json.dumps(metrics, indent=1))
+  logging.info('Eval loss %.4f nats/char after %d steps on %d workers (%s, %.0f chars/s); '
+               'model exported to %s', eval_loss, state.step, workers, state.stop_reason,
+               chars_per_second, serving_dir)
+  # Every task leaves together: a worker that exits while the chief still
+  # exports makes the chief's coordination service wait for its heartbeat to
+  # time out (minutes) before the chief's process can end.
+  agree(0.0)
+
+
+def _agree_seed(strategy, chief: bool) -> int:
+  """A fresh seed drawn by the chief, the same on every worker."""
+  drawn = random.SystemRandom().randrange(2**31) if chief else 0
+  return int(strategy.reduce(tf.distribute.ReduceOp.SUM, strategy.run(
+      lambda: tf.constant(drawn, tf.float64)), axis=None))   # exact below 2**53
+
+
+def _train(config, clock, strategy, model, per_epoch, eval_batches, train_iter, train_step,
+           validate, agree, chief, vocab, model_config, log_dir, seed):
+  """The loop; returns (state, final eval loss, seconds spent in train steps)."""
+  del strategy
+  state = training.TrainingState(seed=seed)
+  budget = training.Budget(config.max_train_seconds, clock, eval_batches,
+                           sample=config.sample_chars > 0 and chief)
+  ceiling = config.divergence_loss_ratio * math.log(len(vocab))
+  progress = training.Progress(config.progress_seconds, per_epoch * config.epochs,
+                               config.epochs) if chief else None
+  sampler = None
+  if chief:
+    sampler = trainer_module._SampleText(vocab, model_config, config.sample_prompt,  # pylint: disable=protected-access
+                                         config.sample_chars, log_dir)
+    sampler.set_model(model)
+  summaries = _Summaries(log_dir)
+  checkpoints = os.path.join(log_dir, 'checkpoints')
+
+  def current_lr() -> float:
+    steps_progress = state.step / (per_epoch * config.epochs)
+    training_seconds = budget.training_seconds()
+    time_progress = clock.elapsed() / training_seconds if training_seconds else 0.0
+    return training.learning_rate(config.learning_rate, config.lr_schedule,
+                                  config.min_lr_ratio, max(steps_progress, time_progress))
+
+  def would_overrun(steps_ahead: int) -> bool:
+    """Budget.exhausted() as it will be `steps_ahead` steps from now."""
+    if budget.seconds is None:
+      return False
+    return (clock.elapsed() + (steps_ahead + 1) * (budget.step_seconds or 0.0)
+            + budget.reserve() > budget.seconds)
+
+  def diverged(loss: float, what: str) -> None:
+    why = training.divergence(loss, ceiling)
+    if why is not None:
+      state.stop_reason = training.STOP_DIVERGED
+      if progress:
+        progress.close()
+      raise training.TrainingDivergedError(
+          f'training diverged at step {state.step} (epoch {state.epoch + 1}): {what} is '
+          f'{why}; lower learning_rate (now {config.learning_rate:g}) or set clipnorm')
+
+  best_weights = None
+  loop_seconds = 0.0
+  first = True
+  try:
+    while state.stop_reason is None and state.epoch < config.epochs:
+      stop = False
+      while state.batch_in_epoch < per_epoch and not stop:
+        lr = current_lr()
+        # The chief's proposal for this step: its rate, and whether to stop after
+        # it (the single-process check after the step, made one step ahead).
+        proposal = tf.constant([lr, 1.0 if would_overrun(1) else 0.0] if chief
+                               else [0.0, 0.0], tf.float32)
+        started = clock.now()
+        loss, agreed = train_step(train_iter, proposal)
+        loss, agreed = float(loss), agreed.numpy()
+        seconds = clock.now() - started
+        loop_seconds += seconds
+        (budget.record_first_step if first else budget.record_step)(seconds)
+        first = False
+        state.step += 1
+        state.batch_in_epoch += 1
+        state.epoch_loss_sum += loss
+        diverged(loss, 'loss')
+        elapsed = clock.elapsed()
+        state.add_step_point(loss, float(agreed[0]), elapsed)
+        if agreed[1] > 0:
+          logging.info('Time budget: stopping after step %d (%.0f s elapsed, %.0f s reserved '
+                       'for the last validation, sample and export).', state.step, elapsed,
+                       budget.reserve())
+          state.stop_reason = training.STOP_TIME_BUDGET
+          stop = True
+        if progress:
+          progress.step(elapsed, state.step, state.epoch,
+                        state.epoch_loss_sum / state.batch_in_epoch, lr, elapsed,
+                        budget.left())
+      # The epoch's end (or a stop mid-epoch): validate, sample, record.
+      started = clock.now()
+      val_loss = validate()
+      budget.record_eval(clock.now() - started)
+      first = True   # the next step's time includes the switch back
+      epoch = state.epoch
+      loss = state.epoch_loss_sum / max(state.batch_in_epoch, 1)
+      diverged(val_loss, 'validation loss')
+      sample = ''
+      if sampler is not None:
+        sampler.on_epoch_end(epoch)
+        sample = sampler.last_sample or ''
+        budget.record_sample(sampler.last_seconds)
+      elapsed = clock.elapsed()
+      state.epochs.append({'epoch': epoch + 1, 'loss': loss, 'val_loss': val_loss,
+                           'sample': sample, 'elapsed_seconds': elapsed})
+      summaries.epoch(epoch + 1, loss, val_loss, float(agreed[0]))
+      if chief:
+        tf.io.gfile.makedirs(checkpoints)
+        model.save_weights(os.path.join(checkpoints, f'ckpt_{epoch + 1:02d}.weights.h5'))
+      if progress:
+        left = budget.left()
+        progress.message(f'epoch {epoch + 1}/{config.epochs}: loss {loss:.4f}, val_loss '
+                         f'{val_loss:.4f}, step {state.step}, {elapsed:.0f} s elapsed'
+                         + ('' if left is None else f', {max(left, 0):.0f} s left'))
+      if config.early_stopping_patience:
+        if state.best_val_loss is None or val_loss < state.best_val_loss:
+          state.best_val_loss, state.best_epoch, state.wait = val_loss, epoch + 1, 0
+          best_weights = model.get_weights()
+        else:
+          state.wait += 1
+          if state.wait >= config.early_stopping_patience and state.stop_reason is None:
+            logging.info('Early stopping: val_loss has not improved for %d epochs (best '
+                         '%.4f at epoch %d).', state.wait, state.best_val_loss,
+                         state.best_epoch)
+            state.stop_reason = training.STOP_EARLY_STOPPING
+      state.epoch, state.batch_in_epoch, state.epoch_loss_sum = epoch + 1, 0, 0.0
+      if state.stop_reason is None and state.epoch >= config.epochs:
+        state.stop_reason = training.STOP_EPOCHS
+      elif state.stop_reason is None and agree(1.0 if budget.exhausted() else 0.0) > 0:
+        logging.info('Time budget: stopping after epoch %d (%.0f s elapsed).', epoch + 1,
+                     elapsed)
+        state.stop_reason = training.STOP_TIME_BUDGET
+  except training.TrainingDivergedError as e:
+    logging.error('%s', e)
+    if chief:
+      training.write_history(log_dir, state, config.max_train_seconds)
+    raise
+  finally:
+    summaries.close()
+    if progress:
+      progress.close()
+  state.stop_reason = state.stop_reason or training.STOP_EPOCHS
+
+  if state.stop_reason == training.STOP_EARLY_STOPPING and best_weights is not None:
+    model.set_weights(best_weights)
+    eval_loss = state.best_val_loss
+  else:
+    eval_loss = state.epochs[-1]['val_loss']
+  if eval_loss is None or not math.isfinite(eval_loss):
+    raise training.TrainingDivergedError(
+        f'training diverged: the final eval loss is {eval_loss}; lower learning_rate '
+        f'(now {config.learning_rate:g}) or set clipnorm')
+  return state, eval_loss, loop_seconds

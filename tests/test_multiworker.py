@@ -1,0 +1,195 @@
+"""Data-parallel training (components/multiworker.py): TF_CONFIG, and 2 real workers on loopback.
+
+The cluster test starts two processes running run_fn, each with its TF_CONFIG
+(tests/worker_cluster.py), on real WindowGen records of a corpus made here from
+tests/test_model.py's text, so that the chief's export has the vocabulary the
+export-contract tests are written for: they run on it unchanged (signatures,
+Keras equality of the exported weights, padding, seeds, [UNK], limits).
+"""
+
+import json
+import math
+import os
+
+import numpy as np
+import pytest
+
+from components import multiworker
+from pipeline import configs
+from tests import test_model as contract
+from tests import worker_cluster
+
+SLOW = os.environ.get('CHAR_RNN_SLOW_TESTS', '') not in ('', '0')
+
+# tiny, smaller still: 50-character windows, 6 steps of a global batch of 32.
+OVERRIDES = ('seq_length=50, steps_per_epoch=6, eval_steps=2, sample_chars=20, '
+             'max_generate_chars=300, backup_every_steps=0')
+
+
+# ------------------------------------------------------------------ TF_CONFIG
+def _config(cluster, task):
+  return json.dumps({'cluster': cluster, 'task': task})
+
+
+def test_no_tf_config_or_no_cluster_means_the_single_process_path():
+  assert multiworker.cluster_from_env({}) is None
+  for text in ('', '  ', '{}', '{"cluster": {}}', '{"task": {"type": "worker", "index": 0}}'):
+    assert multiworker.parse_tf_config(text) is None, text
+
+
+def test_a_single_task_cluster_stays_single_process():
+  # What Vertex AI sets for a one-replica job.
+  cluster = multiworker.cluster_from_env({'TF_CONFIG': _config(
+      {'chief': ['10.0.0.1:2222']}, {'type': 'chief', 'index': 0})})
+  assert cluster.num_workers == 1 and not cluster.is_multi_worker and cluster.is_chief
+
+
+def test_the_chief_is_the_chief_task_or_worker_0_without_one():
+  with_chief = {'chief': ['h0:1'], 'worker': ['h1:1', 'h2:1']}
+  chief = multiworker.parse_tf_config(_config(with_chief, {'type': 'chief', 'index': 0}))
+  assert chief.is_chief and chief.num_workers == 3 and chief.is_multi_worker
+  assert chief.task_name == 'chief:0'
+  for index in (0, 1):
+    worker = multiworker.parse_tf_config(_config(with_chief, {'type': 'worker', 'index': index}))
+    assert not worker.is_chief
+  workers = {'worker': ['h0:1', 'h1:1']}
+  assert multiworker.parse_tf_config(_config(workers, {'type': 'worker', 'index': 0})).is_chief
+  assert not multiworker.parse_tf_config(
+      _config(workers, {'type': 'worker', 'index': 1})).is_chief
+
+
+@pytest.mark.parametrize('text, match', [
+    ('{not json', 'TF_CONFIG: not JSON'),
+    ('[1, 2]', 'TF_CONFIG: must be a JSON object'),
+    ('{"cluster": ["h0:1"], "task": {}}', 'TF_CONFIG: "cluster" must map task types'),
+    (_config({'worker': ['h0:1'], 'ps': ['h1:1']}, {'type': 'worker', 'index': 0}),
+     r"TF_CONFIG: task types \['ps'\] are not supported: MultiWorkerMirroredStrategy"),
+    (_config({'worker': 'h0:1,h1:1'}, {'type': 'worker', 'index': 0}),
+     'TF_CONFIG: cluster\\["worker"\\] must be a non-empty list of "host:port"'),
+    (_config({'worker': ['h0', 'h1:1']}, {'type': 'worker', 'index': 0}),
+     'non-empty list of "host:port"'),
+    (_config({'chief': ['h0:1', 'h1:1']}, {'type': 'chief', 'index': 0}),
+     'TF_CONFIG: a cluster has at most one chief'),
+    (json.dumps({'cluster': {'worker': ['h0:1', 'h1:1']}}), 'TF_CONFIG: "task" must be'),
+    (_config({'worker': ['h0:1', 'h1:1']}, {'type': 'chief', 'index': 0}),
+     "TF_CONFIG: task type 'chief' is not in the cluster"),
+    (_config({'worker': ['h0:1', 'h1:1']}, {'type': 'worker', 'index': 2}),
+     "TF_CONFIG: task index 2 is not one of the 2 'worker' tasks"),
+    (_config({'worker': ['h0:1', 'h1:1']}, {'type': 'worker', 'index': '1'}),
+     "TF_CONFIG: task index '1' is not one of"),
+])
+def test_a_malformed_tf_config_is_an_error_naming_it_and_the_fault(text, match):
+  with pytest.raises(ValueError, match=match):
+    multiworker.parse_tf_config(text)
+
+
+def test_the_global_batch_must_divide_over_the_workers():
+  assert multiworker._split_batch(32, 2) == 16
+  with pytest.raises(ValueError, match='batch_size=33 .* does not divide evenly over 2 workers'):
+    multiworker._split_batch(33, 2)
+
+
+# ------------------------------------------------------------ 2 real workers
+def _corpus_text(num_chars: int) -> str:
+  """Lines of test_model.TEXT's words in random order: exactly its characters."""
+  rng = np.random.default_rng(0)
+  words = contract.TEXT.replace('\n', ' ').split(' ')
+  out = [contract.TEXT]
+  size = len(contract.TEXT)
+  while size < num_chars:
+    line = ' '.join(rng.choice([w for w in words if w], size=8)) + '\n'
+    out.append(line)
+    size += len(line)
+  return ''.join(out)
+
+
+@pytest.fixture(scope='module')
+def two_workers(tmp_path_factory):
+  """One run of 2 workers (no chief task: worker 0 is the chief), as a TFJob of workers."""
+  workdir = str(tmp_path_factory.mktemp('multiworker'))
+  preset = configs.get_preset('tiny', OVERRIDES)
+  text = _corpus_text(40_000)
+  inputs = worker_cluster.make_examples(workdir, text, preset)
+  args = worker_cluster.run_fn_args(inputs, workdir, preset.training_config())
+  cluster = worker_cluster.Cluster(args, 2, workdir)
+  try:
+    codes = cluster.wait(timeout=400)
+  except Exception:   # pylint: disable=broad-except
+    pytest.fail('the workers did not finish in 400 s:\n' + cluster.tail(0) + cluster.tail(1))
+  for i, code in enumerate(codes):
+    assert code == 0, f'task {i} failed:\n{cluster.tail(i)}'
+  return args, preset, cluster
+
+
+def test_two_workers_train_together_and_only_the_chief_exports(two_workers):
+  args, preset, cluster = two_workers
+  serving = args['serving']
+  extra = os.path.join(serving, 'assets.extra')
+  with open(os.path.join(extra, 'metrics.json')) as f:
+    metrics = json.load(f)
+  assert metrics['strategy'] == 'MultiWorkerMirroredStrategy'
+  assert metrics['workers'] == 2 and metrics['task'] == 'worker:0'
+  assert metrics['global_batch_size'] == preset.batch_size
+  assert metrics['per_worker_batch_size'] == preset.batch_size // 2
+  assert metrics['train_steps'] == preset.steps_per_epoch * preset.epochs
+  assert metrics['stop_reason'] == 'epochs'
+  # Trained, not just exported: better than a uniform guess over the vocabulary.
+  assert math.isfinite(metrics['eval_loss'])
+  assert metrics['eval_loss'] < math.log(len(contract.VOCAB))
+  assert metrics['chars_per_second'] > 0
+  assert metrics['chars_per_second_per_worker'] == pytest.approx(
+      metrics['chars_per_second'] / 2)
+  # Every key the single-process path writes is there too.
+  for key in ('bits_per_char', 'perplexity', 'epochs_run', 'train_seconds', 'train_steps',
+              'resumed_from_step', 'stopped_by_time_budget', 'time_budget_seconds', 'history',
+              'start', 'precision', 'seed', 'vocab_size', 'state_size', 'config',
+              'elapsed_seconds'):
+    assert key in metrics, key
+  with open(os.path.join(extra, 'vocabulary.json')) as f:
+    assert json.load(f)['tokens'] == contract.VOCAB.tokens
+  # The chief's ModelRun: history and a checkpoint per epoch.
+  with open(os.path.join(args['run'], 'history.json')) as f:
+    history = json.load(f)
+  assert [p['step'] for p in history['steps']] == list(range(1, metrics['train_steps'] + 1))
+  assert os.listdir(os.path.join(args['run'], 'checkpoints')) == ['ckpt_01.weights.h5']
+  # Both took part (the other worker logged its own end), and the other worker's
+  # scratch directory is gone.
+  assert 'Task worker:1 done after 6 steps; waiting for the chief to export.' in cluster.tail(1, 20000)
+  assert os.listdir(cluster.tmpdirs[1]) == []
+
+
+@pytest.fixture(scope='module')
+def exported(two_workers):
+  """test_model's fixture tuple, for the chief's export: (Keras model, config, path, loaded)."""
+  import tensorflow as tf   # pylint: disable=g-import-not-at-top
+  from components.model import build_keras_model   # pylint: disable=g-import-not-at-top
+  args, _, _ = two_workers
+  path = args['serving']
+  keras_dir = os.path.join(path, 'assets.extra', 'keras')
+  with open(os.path.join(keras_dir, 'config.json')) as f:
+    saved = json.load(f)
+  model = build_keras_model(len(saved['tokens']), **saved['model_config'])
+  model.load_weights(os.path.join(keras_dir, 'model.weights.h5'))
+  cfg = dict(saved['model_config'], matmul_dtype='float32')
+  return model, cfg, path, tf.saved_model.load(path)
+
+
+@pytest.mark.parametrize('check', [
+    'test_signatures_have_the_contracts_names_dtypes_and_shapes',
+    'test_one_step_logits_equal_the_keras_model',
+    'test_feeding_one_step_its_own_state_equals_one_long_call',
+    'test_padding_does_not_leak_into_shorter_rows',
+    'test_generate_is_deterministic_for_a_seed_and_returns_only_the_continuation',
+    'test_generate_state_continues_with_one_step',
+    'test_unknown_characters_map_to_unk_and_unk_is_never_sampled',
+    'test_generate_rejects_too_many_characters_and_negative_temperature',
+    'test_score_equals_keras_log_likelihood',
+])
+def test_the_chiefs_export_keeps_the_export_contract(exported, check):
+  getattr(contract, check)(exported)
+
+
+@pytest.mark.skipif(not SLOW, reason='set CHAR_RNN_SLOW_TESTS=1: a fresh interpreter loads '
+                    'the export without project code (~10 s)')
+def test_the_chiefs_export_loads_without_project_code(exported):
+  contract.test_saved_model_uses_core_ops_only_and_loads_without_project_code(exported)
