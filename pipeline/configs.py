@@ -113,9 +113,11 @@ class Preset:
   # Clip each weight's gradient to this L2 norm (Keras' `clipnorm`; 0: off): RNNs
   # at high learning rates meet occasional exploding gradients.
   clipnorm: float = 0.0
-  # auto: mixed_bfloat16 where the CPU computes bf16 natively (AVX512-BF16, AMX:
-  # 1.55-1.8x the float32 tutorial here at the same eval loss, bench/train), else
-  # float32 (GPUs included) | float32 | mixed_bfloat16 | mixed_float16 (GPUs)
+  # auto: on a CPU with native bf16 (AVX512-BF16, AMX) the Trainer times a few
+  # steps of float32 and mixed_bfloat16 and keeps bf16 only if >= 5% faster (1.55x
+  # on Zen 4, none on a Xeon with AMX: bench/train); float32 elsewhere, GPUs
+  # included; metrics.json says which and why | float32 | mixed_bfloat16 |
+  # mixed_float16 (GPUs). The export stays float32 (serving_matmul_dtype).
   precision: str = 'auto'
   epochs: int = 20
   steps_per_epoch: Optional[int] = None  # None: one full pass over the train split
