@@ -113,6 +113,11 @@ class CarriedStateTrainer(keras.Model):
     # or a set_weights never sees it, and a resumed run starts it from zero.
     self._carried = tf.Variable(tf.zeros([batch_size, size]), trainable=False,
                                 name='carried_state')
+    self.built = True    # its layers are `model`'s, built; save_weights needs the flag
+
+  def get_layer(self, name=None, index=None):
+    # CharRnnExport (the export, per-epoch samples) reads layers by name: the model's.
+    return self.char_rnn.get_layer(name, index)
 
   def call(self, inputs, training=False):
     ids = inputs['ids'] if isinstance(inputs, dict) else inputs

@@ -6,7 +6,7 @@ import pytest
 import tensorflow as tf
 
 from components import examples_format, tbptt
-from components.model import build_keras_model, state_size
+from components.model import CharRnnExport, build_keras_model, state_size
 
 CFG = dict(embedding_dim=4, rnn_type='gru', rnn_units=8, num_layers=1, dropout=0.0)
 
@@ -73,12 +73,17 @@ def test_text_from_windows_recovers_the_ids_windowgen_tiled(tmp_path):
     tbptt.text_from_windows(overlapping, 10)
 
 
-def test_train_step_starts_each_row_from_its_previous_final_state():
+def test_train_step_starts_each_row_from_its_previous_final_state(tmp_path):
   keras.utils.set_random_seed(0)
-  model = build_keras_model(20, **CFG)
-  trainer = tbptt.CarriedStateTrainer(model, batch_size=4)
-  trainer.compile(optimizer=keras.optimizers.Adam(1e-2),
-                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+
+  def build():
+    model = build_keras_model(20, **CFG)
+    trainer = tbptt.CarriedStateTrainer(model, batch_size=4)
+    trainer.compile(optimizer=keras.optimizers.Adam(1e-2),
+                    loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    return model, trainer
+
+  model, trainer = build()
   # The trainer's weights are the model's own: backups, best weights and the export see one model.
   assert [id(w) for w in trainer.weights] == [id(w) for w in model.weights]
   text = (np.arange(3000) % 19 + 1).astype(np.int32)
@@ -98,3 +103,13 @@ def test_train_step_starts_each_row_from_its_previous_final_state():
   loss = trainer.evaluate(x['ids'], y, verbose=0)
   expected = keras.losses.SparseCategoricalCrossentropy(from_logits=True)(y, model(x['ids']))
   assert loss == pytest.approx(float(expected), rel=1e-5)
+  # A step backup (save_weights, as BackupStore does) restores weights and optimizer;
+  # the export and per-epoch samples read the trainer's layers as the model's.
+  trainer.save_weights(str(tmp_path / 'backup.weights.h5'))
+  restored_model, restored = build()
+  restored.optimizer.build(restored.trainable_variables)
+  restored.load_weights(str(tmp_path / 'backup.weights.h5'))
+  for a, b in zip(model.get_weights(), restored_model.get_weights()):
+    np.testing.assert_array_equal(a, b)
+  assert int(restored.optimizer.iterations) == 3
+  CharRnnExport(trainer, ['[UNK]'] + [chr(97 + i) for i in range(19)], CFG, 10)
