@@ -277,3 +277,16 @@ KFP_SERVED_MODEL_FINGERPRINT = 'kfp-uncached-served-model'
 # which their parameters cannot say.
 KFP_UNCACHED_EXECUTORS = ('components.corpus_ingest.Executor',
                           'components.served_model.Executor')
+# The Trainer on a worker pool (pipeline/kubeflow_runner.py --trainer-workers):
+# with N > 1 workers the Trainer task launches a Vertex AI CustomJob of one chief
+# and N - 1 workers running the pipeline image (components/vertex_trainer.py),
+# which train data-parallel from the TF_CONFIG Vertex gives each
+# (components/multiworker.py); 0 or 1 trains inside the KFP task, as before.
+#   CHAR_RNN_KFP_TRAINER_WORKERS       number of workers (default 0: no worker pool)
+#   CHAR_RNN_KFP_TRAINER_MACHINE_TYPE  each replica's Compute Engine machine type
+#   CHAR_RNN_VERTEX_PROJECT            the GCP project the CustomJob runs in
+#   CHAR_RNN_VERTEX_REGION             its Vertex AI region
+KFP_TRAINER_WORKERS = int(os.environ.get('CHAR_RNN_KFP_TRAINER_WORKERS', '0'))
+KFP_TRAINER_MACHINE_TYPE = os.environ.get('CHAR_RNN_KFP_TRAINER_MACHINE_TYPE', 'n1-standard-8')
+VERTEX_PROJECT = os.environ.get('CHAR_RNN_VERTEX_PROJECT', 'char-rnn-tfx')
+VERTEX_REGION = os.environ.get('CHAR_RNN_VERTEX_REGION', 'europe-west4')

@@ -5,6 +5,8 @@
       [--image=...] [--pipeline-root=gs://...] [--corpus=gs://...] [--preset=cpu]
       [--serving-model-dir=gs://...] [--no-warm-start]
       [--beam-args='--runner=DataflowRunner --project=... --region=...']
+      [--trainer-workers=N --vertex-project=... --vertex-region=...
+       --trainer-machine-type=n1-standard-8]
 
 Defaults come from configs.py (its "Kubeflow" section and CHAR_RNN_* variables).
 The same `create_pipeline` as the local runner is compiled by TFX's
@@ -25,6 +27,16 @@ Then the compiled spec is adapted to what open-source KFP v2 runs:
   misses the cache).
 * `defaultPipelineRoot` is set, so a run without a runtime pipeline root still
   writes where the artifacts are meant to go.
+
+With --trainer-workers=N (N > 1) the Trainer task runs
+`components.vertex_trainer.Executor`, TFX's Vertex AI training launcher: it
+starts a Vertex AI CustomJob whose worker pools (one chief, N - 1 workers, the
+pipeline image on --trainer-machine-type) each run the Trainer's executor
+(`components.vertex_trainer.WorkerExecutor`) with the task's artifacts;
+Vertex gives every replica its TF_CONFIG and run_fn trains data-parallel
+(components/multiworker.py), the chief writing the Model. The global batch is
+the preset's batch_size, so it must divide by N (checked here). The launcher
+needs Vertex AI permissions in the KFP task (Workload Identity or a key).
 
 The Pusher task runs our executor (`components.pusher.Executor`): TFX's, with a
 push that makes a version visible only when complete (a rename on a POSIX
@@ -56,6 +68,9 @@ import yaml  # pylint: disable=g-import-not-at-top
 from tfx import v1 as tfx
 from tfx.orchestration.kubeflow.v2 import kubeflow_v2_dag_runner
 
+from tfx.dsl.components.base import executor_spec
+from tfx.utils import json_utils
+
 from pipeline import configs
 from pipeline import pipeline as pipeline_lib
 
@@ -68,13 +83,29 @@ def build(preset_name: Optional[str] = None, overrides: Optional[str] = None,
           pipeline_root: Optional[str] = None,
           serving_model_dir: Optional[str] = None,
           beam_pipeline_args: Optional[List[str]] = None,
-          warm_start: bool = configs.KFP_WARM_START) -> tfx.dsl.Pipeline:
-  """The pipeline as the cluster runs it: same components as the local runner."""
-  return pipeline_lib.create_pipeline(
+          warm_start: bool = configs.KFP_WARM_START,
+          trainer_workers: int = configs.KFP_TRAINER_WORKERS,
+          image: str = configs.IMAGE,
+          vertex_project: str = configs.VERTEX_PROJECT,
+          vertex_region: str = configs.VERTEX_REGION,
+          trainer_machine_type: str = configs.KFP_TRAINER_MACHINE_TYPE) -> tfx.dsl.Pipeline:
+  """The pipeline as the cluster runs it: same components as the local runner.
+
+  `trainer_workers` > 1 puts the Trainer on a Vertex AI worker pool of that many
+  workers running `image` (train_on_worker_pool); 0 or 1 trains in its KFP task.
+  """
+  if trainer_workers < 0:
+    raise ValueError(f'trainer_workers must be >= 0, not {trainer_workers}')
+  preset = configs.get_preset(preset_name, overrides)
+  if trainer_workers > 1 and preset.batch_size % trainer_workers:
+    raise ValueError(f'batch_size={preset.batch_size} (the global batch) does not divide '
+                     f'over {trainer_workers} trainer workers: choose a multiple of '
+                     f'{trainer_workers}')
+  pipeline = pipeline_lib.create_pipeline(
       pipeline_name=configs.PIPELINE_NAME,
       pipeline_root=pipeline_root or configs.KFP_PIPELINE_ROOT,
       corpus_sources=corpus_sources or configs.KFP_CORPUS_SOURCES,
-      preset=configs.get_preset(preset_name, overrides),
+      preset=preset,
       trainer_run_fn=configs.TRAINER_RUN_FN,
       serving_model_dir=os.path.join(serving_model_dir or configs.KFP_SERVING_MODEL_DIR,
                                      configs.SERVING_MODEL_NAME),
@@ -85,6 +116,26 @@ def build(preset_name: Optional[str] = None, overrides: Optional[str] = None,
                           else beam_pipeline_args),
       corpus_fingerprint=configs.KFP_CORPUS_FINGERPRINT,
       served_model_fingerprint=configs.KFP_SERVED_MODEL_FINGERPRINT)
+  if trainer_workers > 1:
+    train_on_worker_pool(pipeline, trainer_workers, image, vertex_project, vertex_region,
+                         trainer_machine_type)
+  return pipeline
+
+
+def train_on_worker_pool(pipeline: tfx.dsl.Pipeline, workers: int, image: str,
+                         project: str, region: str, machine_type: str) -> None:
+  """Gives the Trainer TFX's Vertex AI launcher and the worker pool spec (module doc)."""
+  from components import vertex_trainer  # pylint: disable=g-import-not-at-top
+  from components.trainer import CharRnnTrainer  # pylint: disable=g-import-not-at-top
+  trainers = [c for c in pipeline.components if isinstance(c, CharRnnTrainer)]
+  if len(trainers) != 1:
+    raise ValueError(f'expected one CharRnnTrainer in the pipeline, found {len(trainers)}')
+  [trainer] = trainers
+  custom_config = json_utils.loads(trainer.exec_properties['custom_config'])
+  custom_config.update(vertex_trainer.custom_config(project, region, image, workers,
+                                                    machine_type))
+  trainer.exec_properties['custom_config'] = json_utils.dumps(custom_config)
+  trainer.executor_spec = executor_spec.ExecutorClassSpec(vertex_trainer.Executor)
 
 
 # ------------------------------------------------------------ post-process
@@ -170,6 +221,15 @@ def _parse_args(argv: List[str]) -> argparse.Namespace:
                       help='preset overrides, e.g. "epochs=2,rnn_units=256"')
   parser.add_argument('--beam-args', default=shlex.join(configs.KFP_BEAM_PIPELINE_ARGS),
                       help='Beam pipeline args (quoted, space-separated)')
+  parser.add_argument('--trainer-workers', type=int, default=configs.KFP_TRAINER_WORKERS,
+                      help='train on a Vertex AI worker pool of this many workers (one '
+                           'chief); 0 or 1: in the KFP task (default %(default)s)')
+  parser.add_argument('--trainer-machine-type', default=configs.KFP_TRAINER_MACHINE_TYPE,
+                      help='machine type of each worker (default %(default)s)')
+  parser.add_argument('--vertex-project', default=configs.VERTEX_PROJECT,
+                      help='GCP project of the Vertex AI CustomJob (default %(default)s)')
+  parser.add_argument('--vertex-region', default=configs.VERTEX_REGION,
+                      help='Vertex AI region of the CustomJob (default %(default)s)')
   parser.add_argument('--warm-start', action=argparse.BooleanOptionalAction,
                       default=configs.KFP_WARM_START,
                       help='start training from the served model\'s weights when they fit '
@@ -183,12 +243,16 @@ def main(argv: Optional[List[str]] = None) -> str:
       preset_name=args.preset, overrides=args.overrides,
       corpus_sources=[s.strip() for s in args.corpus.split(',') if s.strip()],
       pipeline_root=args.pipeline_root, serving_model_dir=args.serving_model_dir,
-      beam_pipeline_args=shlex.split(args.beam_args), warm_start=args.warm_start)
+      beam_pipeline_args=shlex.split(args.beam_args), warm_start=args.warm_start,
+      trainer_workers=args.trainer_workers, image=args.image,
+      vertex_project=args.vertex_project, vertex_region=args.vertex_region,
+      trainer_machine_type=args.trainer_machine_type)
   spec = compile_pipeline(pipeline, args.output, image=args.image)
   print(json.dumps({'pipeline_spec': os.path.abspath(args.output),
                     'tasks': sorted(spec['root']['dag']['tasks']),
                     'uncached': uncached_task_names(spec), 'image': args.image,
-                    'warm_start': args.warm_start}))
+                    'warm_start': args.warm_start,
+                    'trainer_workers': args.trainer_workers}))
   return args.output
 
 

@@ -251,3 +251,123 @@ def test_postprocess_refuses_resolver_executors_oss_kfp_cannot_run(raw_spec):
                                               'taskInfo': {'name': 'resolver'}}
   with pytest.raises(ValueError, match='resolver'):
     kubeflow_runner.postprocess(spec, PIPELINE_ROOT)
+
+
+# ------------------------------------------------------- Trainer on a worker pool
+VERTEX_PROJECT = 'test-project'
+VERTEX_REGION = 'europe-west4'
+MACHINE_TYPE = 'n1-standard-4'
+
+
+@pytest.fixture(scope='module')
+def pool_spec():
+  """The spec with --trainer-workers=3: the Trainer launches a Vertex AI CustomJob."""
+  pipeline = kubeflow_runner.build(
+      preset_name='tiny', overrides='batch_size=30', corpus_sources=[CORPUS],
+      pipeline_root=PIPELINE_ROOT, serving_model_dir=SERVING_DIR, beam_pipeline_args=BEAM_ARGS,
+      warm_start=True, trainer_workers=3, image=IMAGE, vertex_project=VERTEX_PROJECT,
+      vertex_region=VERTEX_REGION, trainer_machine_type=MACHINE_TYPE)
+  return kubeflow_runner.postprocess(kubeflow_runner.compile_raw(pipeline, image=IMAGE),
+                                     PIPELINE_ROOT)
+
+
+def _trainer_custom_config(spec):
+  import json
+  return json.loads(spec['root']['dag']['tasks']['CharRnnTrainer']['inputs']['parameters'][
+      'custom_config']['runtimeValue']['constant'])
+
+
+def test_trainer_workers_compile_the_trainer_onto_a_vertex_worker_pool(pool_spec):
+  from tfx.extensions.google_cloud_ai_platform.trainer import executor as vertex_executor
+  from tfx.utils import import_utils, name_utils
+  from components import trainer, vertex_trainer
+  # Only the Trainer's executor changes: TFX's Vertex launcher, ours inside.
+  for name in pool_spec['root']['dag']['tasks']:
+    expected = ('components.vertex_trainer.Executor' if name == 'CharRnnTrainer'
+                else EXPECTED_EXECUTORS[name])
+    assert kubeflow_runner.executor_class_path(pool_spec, name) == expected
+  launcher = import_utils.import_class_by_path('components.vertex_trainer.Executor')
+  assert issubclass(launcher, vertex_executor.GenericExecutor)
+  worker = launcher()._GetExecutorClass()
+  assert name_utils.get_full_name(worker) == 'components.vertex_trainer.WorkerExecutor'
+  assert issubclass(worker, trainer.Executor)
+
+  config = _trainer_custom_config(pool_spec)
+  assert config['ai_platform_enable_vertex'] is True
+  assert config['ai_platform_vertex_region'] == VERTEX_REGION
+  args = config['ai_platform_training_args']
+  assert args['project'] == VERTEX_PROJECT
+  pools = args['job_spec']['worker_pool_specs']
+  # Pool 0 is the chief (TF_CONFIG type 'chief'), pool 1 the other workers.
+  assert [p['replica_count'] for p in pools] == [1, 2]
+  for pool in pools:
+    assert pool['container_spec'] == {'image_uri': IMAGE}
+    assert pool['machine_spec'] == {'machine_type': MACHINE_TYPE}
+  # The training settings are still all there, for run_fn on each worker.
+  assert config['batch_size'] == 30
+  assert set(vertex_trainer.LAUNCHER_KEYS) >= {
+      k for k in config if k.startswith('ai_platform_')}
+
+
+def test_the_custom_job_runs_the_worker_executor_in_the_image_on_every_replica(pool_spec):
+  """What TFX's launcher would submit (its own code, no request sent)."""
+  import json
+  from tfx.extensions.google_cloud_ai_platform import training_clients
+  tasks = pool_spec['root']['dag']['tasks']
+  config = _trainer_custom_config(pool_spec)
+  exec_properties = {'custom_config': json.dumps(config),
+                     'run_fn': tasks['CharRnnTrainer']['inputs']['parameters']['run_fn'][
+                         'runtimeValue']['constant']}
+  client = training_clients.VertexJobClient.__new__(training_clients.VertexJobClient)
+  job = client.create_training_job({}, {}, exec_properties,
+                                   'components.vertex_trainer.WorkerExecutor',
+                                   dict(config['ai_platform_training_args']), None, None)
+  pools = job['job_spec']['worker_pool_specs']
+  assert [p['replica_count'] for p in pools] == [1, 2]
+  for pool in pools:
+    command = pool['container_spec']['command']
+    assert command[:5] == ['python', '-m', 'tfx.scripts.run_executor', '--executor_class_path',
+                           'components.vertex_trainer.WorkerExecutor']
+    assert pool['container_spec']['image_uri'] == IMAGE
+    passed = json.loads(command[command.index('--exec-properties') + 1])
+    assert passed['run_fn'] == configs.TRAINER_RUN_FN
+
+
+def test_the_worker_executor_hands_run_fn_the_training_settings_without_the_launchers(tmp_path):
+  import json
+  from tfx.proto import trainer_pb2
+  from tfx.types import standard_artifacts
+  from tfx.utils import proto_utils
+  from components import artifacts, vertex_trainer
+  from components.training_config import TrainingConfig
+
+  def artifact(cls, name, **kwargs):
+    a = cls()
+    a.uri = str(tmp_path / name)
+    for key, value in kwargs.items():
+      setattr(a, key, value)
+    return a
+
+  settings = configs.get_preset('tiny').training_config()
+  launcher = vertex_trainer.custom_config(VERTEX_PROJECT, VERTEX_REGION, IMAGE, 2, MACHINE_TYPE)
+  executor = vertex_trainer.WorkerExecutor()
+  fn_args = executor._GetFnArgs(   # pylint: disable=protected-access
+      {'examples': [artifact(standard_artifacts.Examples, 'examples',
+                             split_names='["train", "eval"]')],
+       'vocabulary': [artifact(artifacts.Vocabulary, 'vocabulary')]},
+      {'model': [artifact(standard_artifacts.Model, 'model')],
+       'model_run': [artifact(standard_artifacts.ModelRun, 'model_run')]},
+      {'custom_config': json.dumps(dict(settings, **launcher)),
+       'train_args': proto_utils.proto_to_json(trainer_pb2.TrainArgs(splits=['train'])),
+       'eval_args': proto_utils.proto_to_json(trainer_pb2.EvalArgs(splits=['eval'])),
+       'run_fn': configs.TRAINER_RUN_FN})
+  assert not set(fn_args.custom_config) & set(launcher)
+  assert fn_args.custom_config['vocabulary_uri'] == str(tmp_path / 'vocabulary')
+  assert TrainingConfig.from_custom_config(fn_args.custom_config).to_custom_config() == settings
+
+
+def test_a_worker_pool_needs_a_global_batch_that_divides_over_it():
+  with pytest.raises(ValueError, match='batch_size=32 .* does not divide over 3 trainer workers'):
+    kubeflow_runner.build(preset_name='tiny', overrides='', corpus_sources=[CORPUS],
+                          pipeline_root=PIPELINE_ROOT, serving_model_dir=SERVING_DIR,
+                          trainer_workers=3)
