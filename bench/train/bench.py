@@ -3,6 +3,8 @@
   .venv/bin/python -m bench.train                       # full: tutorial size, ~12-15 min on 2 shared cores
   .venv/bin/python -m bench.train --rnn_units=128 --embedding_dim=32 --chunk=3 \
       --rounds=1 --warmup=1 --eval_batches=2 --xla_chunk=2   # smoke, ~1 min
+  .venv/bin/python -m bench.train overhead [--quick]    # the Trainer's whole step vs a bare
+                                                        # Keras loop (bench/train/overhead.py)
 
 Sides (all at the same batch and sequence length unless the name says otherwise):
   tutorial           the tutorial's own code: subclassed `MyModel` (Embedding,
