@@ -5,6 +5,10 @@ The cluster test starts two processes running run_fn, each with its TF_CONFIG
 tests/test_model.py's text, so that the chief's export has the vocabulary the
 export-contract tests are written for: they run on it unchanged (signatures,
 Keras equality of the exported weights, padding, seeds, [UNK], limits).
+
+That run costs 1-3 minutes on 2 loaded cores (two TensorFlow processes, WindowGen,
+tracing, export), so it runs with CHAR_RNN_SLOW_TESTS=1. By default: TF_CONFIG's
+parsing, and that run_fn takes the path TF_CONFIG says (in-process, no training).
 """
 
 import json
@@ -20,6 +24,8 @@ from tests import test_model as contract
 from tests import worker_cluster
 
 SLOW = os.environ.get('CHAR_RNN_SLOW_TESTS', '') not in ('', '0')
+slow = pytest.mark.skipif(not SLOW, reason='set CHAR_RNN_SLOW_TESTS=1: 2 worker processes '
+                          'train and export on loopback (1-3 min)')
 
 # tiny, smaller still: 50-character windows, 6 steps of a global batch of 32.
 OVERRIDES = ('seq_length=50, steps_per_epoch=6, eval_steps=2, sample_chars=20, '
@@ -89,6 +95,26 @@ def test_the_global_batch_must_divide_over_the_workers():
     multiworker._split_batch(33, 2)
 
 
+def _run_fn_raises(monkeypatch, tf_config, error, match):
+  from tfx.components.trainer.fn_args_utils import FnArgs  # pylint: disable=g-import-not-at-top
+  from components import trainer_module  # pylint: disable=g-import-not-at-top
+  monkeypatch.setenv('TF_CONFIG', tf_config)
+  with pytest.raises(error, match=match):
+    trainer_module.run_fn(FnArgs(custom_config={'not_a_setting': 1}))
+
+
+def test_run_fn_refuses_a_malformed_tf_config_before_anything_else(monkeypatch):
+  _run_fn_raises(monkeypatch, '{"cluster": {"worker": ["h0:1"]', ValueError,
+                 'TF_CONFIG: not JSON')
+
+
+def test_run_fn_stays_on_the_single_process_path_for_a_single_task(monkeypatch):
+  from components.training_config import ConfigError  # pylint: disable=g-import-not-at-top
+  # The single-process path's first check (the settings) answers, not a strategy.
+  _run_fn_raises(monkeypatch, _config({'chief': ['127.0.0.1:1']}, {'type': 'chief', 'index': 0}),
+                 ConfigError, 'custom_config does not match TrainingConfig')
+
+
 # ------------------------------------------------------------ 2 real workers
 def _corpus_text(num_chars: int) -> str:
   """Lines of test_model.TEXT's words in random order: exactly its characters."""
@@ -121,6 +147,7 @@ def two_workers(tmp_path_factory):
   return args, preset, cluster
 
 
+@slow
 def test_two_workers_train_together_and_only_the_chief_exports(two_workers):
   args, preset, cluster = two_workers
   serving = args['serving']
@@ -174,6 +201,7 @@ def exported(two_workers):
   return model, cfg, path, tf.saved_model.load(path)
 
 
+@slow
 @pytest.mark.parametrize('check', [
     'test_signatures_have_the_contracts_names_dtypes_and_shapes',
     'test_one_step_logits_equal_the_keras_model',
