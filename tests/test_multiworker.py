@@ -130,21 +130,55 @@ def _corpus_text(num_chars: int) -> str:
 
 
 @pytest.fixture(scope='module')
-def two_workers(tmp_path_factory):
-  """One run of 2 workers (no chief task: worker 0 is the chief), as a TFJob of workers."""
-  workdir = str(tmp_path_factory.mktemp('multiworker'))
+def inputs(tmp_path_factory):
   preset = configs.get_preset('tiny', OVERRIDES)
-  text = _corpus_text(40_000)
-  inputs = worker_cluster.make_examples(workdir, text, preset)
-  args = worker_cluster.run_fn_args(inputs, workdir, preset.training_config())
-  cluster = worker_cluster.Cluster(args, 2, workdir)
+  workdir = str(tmp_path_factory.mktemp('multiworker-data'))
+  return worker_cluster.make_examples(workdir, _corpus_text(40_000), preset), preset
+
+
+def _train(tmp_path_factory, inputs, workers, chief=False):
+  examples, preset = inputs
+  workdir = str(tmp_path_factory.mktemp(f'workers-{workers}'))
+  args = worker_cluster.run_fn_args(examples, workdir, preset.training_config())
+  cluster = worker_cluster.Cluster(args, workers, workdir, chief=chief)
   try:
     codes = cluster.wait(timeout=400)
   except Exception:   # pylint: disable=broad-except
-    pytest.fail('the workers did not finish in 400 s:\n' + cluster.tail(0) + cluster.tail(1))
+    pytest.fail('the workers did not finish in 400 s:\n' +
+                '\n'.join(cluster.tail(i) for i in range(workers)))
   for i, code in enumerate(codes):
     assert code == 0, f'task {i} failed:\n{cluster.tail(i)}'
   return args, preset, cluster
+
+
+@pytest.fixture(scope='module')
+def two_workers(tmp_path_factory, inputs):
+  """One run of 2 workers (no chief task: worker 0 is the chief), as a TFJob of workers."""
+  return _train(tmp_path_factory, inputs, 2)
+
+
+def _metrics(args):
+  with open(os.path.join(args['serving'], 'assets.extra', 'metrics.json')) as f:
+    return json.load(f)
+
+
+def _step_losses(args):
+  with open(os.path.join(args['run'], 'history.json')) as f:
+    return [p['loss'] for p in json.load(f)['steps']]
+
+
+@slow
+def test_a_chief_and_a_worker_learn_what_one_process_learns_from_the_same_data(
+    tmp_path_factory, inputs, two_workers):
+  """Vertex AI's layout (a 'chief' task and a 'worker') against plain run_fn (Keras fit):
+  the same batches, seed and settings, so the same losses up to float summation order."""
+  single, _, _ = _train(tmp_path_factory, inputs, 1)
+  pair, _, cluster = _train(tmp_path_factory, inputs, 2, chief=True)
+  assert _metrics(pair)['task'] == 'chief:0'
+  assert 'Task worker:0 done after 6 steps' in cluster.tail(1, 20000)
+  for args in (pair, two_workers[0]):
+    np.testing.assert_allclose(_step_losses(args), _step_losses(single), rtol=1e-4)
+    assert _metrics(args)['eval_loss'] == pytest.approx(_metrics(single)['eval_loss'], rel=1e-4)
 
 
 @slow
