@@ -3,6 +3,10 @@
 `tiny_pipeline` runs the whole pipeline (LocalDagRunner, SQLite ML Metadata,
 Beam DirectRunner) once with the `tiny` preset on the real corpus; the
 end-to-end, serving and Kubeflow tests all read what it produced.
+
+`make test` runs on two pytest-xdist workers (pytest.ini): every test that
+uses `tiny_pipeline` is put in one xdist group, so one worker makes the run
+once and the other takes the rest of the suite meanwhile.
 """
 
 import dataclasses
@@ -16,6 +20,12 @@ warnings.filterwarnings('ignore', category=FutureWarning)
 
 REPO_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CORPUS_PATH = os.path.join(REPO_DIR, 'data', 'tinyshakespeare.txt')   # the embedded default
+
+
+def pytest_collection_modifyitems(items):
+  for item in items:
+    if 'tiny_pipeline' in getattr(item, 'fixturenames', ()):
+      item.add_marker(pytest.mark.xdist_group('tiny_pipeline'))
 
 
 @dataclasses.dataclass
