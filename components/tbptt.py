@@ -74,24 +74,21 @@ def stream_dataset(ids: np.ndarray, seq_length: int, batch_size: int,
   spare = len(ids) - 1 - batch_size * span         # >= seq_length - 1
   text = tf.constant(ids)
   seed = int(np.random.default_rng().integers(2**31)) if seed is None else seed
-  # Index of id j of row b in batch t, before the epoch's offset: [steps, batch, seq + 1].
-  index = (np.arange(batch_size)[None, :, None] * span
-           + np.arange(steps)[:, None, None] * seq_length + np.arange(seq_length + 1))
-  index = tf.constant(index.astype(np.int32))
+  # Where row b's window of the epoch's first batch starts, before the offset.
+  rows = tf.range(batch_size, dtype=tf.int64)[:, None] * span + tf.range(
+      seq_length + 1, dtype=tf.int64)
 
-  def epoch(e):
-    offset = tf.random.stateless_uniform([], [seed, e], 0, spare + 1, dtype=tf.int32)
-    windows = tf.gather(text, offset + index)
-    fresh = tf.random.stateless_uniform([steps, batch_size], [seed + 1, e]) < reset_prob
-    fresh = tf.concat([tf.ones([1, batch_size], tf.bool), fresh[1:]], axis=0)
-    carry = 1.0 - tf.cast(fresh, tf.float32)
-    return tf.data.Dataset.from_tensor_slices(
-        ({'ids': windows[..., :-1], 'carry': carry}, windows[..., 1:]))
+  def batch(n):
+    """The stream's n-th batch: a function of n alone, so resuming is a counter's start."""
+    epoch, t = n // steps, n % steps
+    offset = tf.random.stateless_uniform([], [seed, epoch], 0, spare + 1, dtype=tf.int64)
+    windows = tf.gather(text, offset + t * seq_length + rows)
+    fresh = tf.random.stateless_uniform([batch_size], [seed + 1, n]) < reset_prob
+    carry = tf.where(t == 0, 0.0, 1.0 - tf.cast(fresh, tf.float32))
+    return {'ids': windows[:, :-1], 'carry': carry}, windows[:, 1:]
 
-  ds = tf.data.Dataset.counter(dtype=tf.int32).flat_map(epoch)
-  if skip_batches:
-    ds = ds.skip(skip_batches)
-  return ds.prefetch(tf.data.AUTOTUNE)
+  return tf.data.Dataset.counter(start=skip_batches, dtype=tf.int64).map(
+      batch, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True).prefetch(tf.data.AUTOTUNE)
 
 
 # ------------------------------------------------------------------- train
