@@ -255,3 +255,63 @@ def test_the_chiefs_export_keeps_the_export_contract(exported, check):
                     'the export without project code (~10 s)')
 def test_the_chiefs_export_loads_without_project_code(exported):
   contract.test_saved_model_uses_core_ops_only_and_loads_without_project_code(exported)
+
+
+@slow
+def test_a_vertex_custom_jobs_replicas_train_through_tfx_run_executor(tmp_path_factory, inputs):
+  """Each replica's command exactly as TFX's Vertex launcher writes it into the CustomJob
+  (components/vertex_trainer.py), run on loopback with Vertex's TF_CONFIG layout."""
+  import sys  # pylint: disable=g-import-not-at-top
+  from tfx.extensions.google_cloud_ai_platform import training_clients  # pylint: disable=g-import-not-at-top
+  from tfx.proto import trainer_pb2  # pylint: disable=g-import-not-at-top
+  from tfx.types import standard_artifacts  # pylint: disable=g-import-not-at-top
+  from tfx.utils import proto_utils  # pylint: disable=g-import-not-at-top
+  from components import artifacts, vertex_trainer  # pylint: disable=g-import-not-at-top
+  examples, preset = inputs
+  workdir = str(tmp_path_factory.mktemp('vertex'))
+
+  def artifact(cls, uri, **properties):
+    a = cls()
+    a.uri = uri
+    for key, value in properties.items():
+      a.set_int_custom_property(key, value)
+    return a
+
+  examples_artifact = artifact(
+      standard_artifacts.Examples, os.path.dirname(os.path.dirname(examples['train'])),
+      num_windows_train=examples['num_windows_train'],
+      num_windows_eval=examples['num_windows_eval'])
+  examples_artifact.split_names = '["train", "eval"]'
+  input_dict = {'examples': [examples_artifact],
+                'vocabulary': [artifact(artifacts.Vocabulary, examples['vocabulary_uri'])]}
+  output_dict = {'model': [artifact(standard_artifacts.Model, os.path.join(workdir, 'model'))],
+                 'model_run': [artifact(standard_artifacts.ModelRun,
+                                        os.path.join(workdir, 'model_run'))]}
+  launcher = vertex_trainer.custom_config('test-project', 'europe-west4', 'image', 2,
+                                          'n1-standard-4')
+  exec_properties = {
+      'custom_config': json.dumps(dict(preset.training_config(), **launcher)),
+      'train_args': proto_utils.proto_to_json(trainer_pb2.TrainArgs(splits=['train'])),
+      'eval_args': proto_utils.proto_to_json(trainer_pb2.EvalArgs(splits=['eval'])),
+      'run_fn': configs.TRAINER_RUN_FN}
+  client = training_clients.VertexJobClient.__new__(training_clients.VertexJobClient)
+  job = client.create_training_job(
+      input_dict, output_dict, exec_properties,
+      'components.vertex_trainer.WorkerExecutor',
+      dict(launcher['ai_platform_training_args']), None, None)
+  commands = []
+  for pool in job['job_spec']['worker_pool_specs']:
+    command = pool['container_spec']['command']
+    assert command[0] == 'python'
+    commands += [[sys.executable] + command[1:]] * pool['replica_count']
+  assert len(commands) == 2
+  cluster = worker_cluster.Cluster({}, 2, workdir, chief=True, commands=commands)
+  codes = cluster.wait(timeout=400)
+  for i, code in enumerate(codes):
+    assert code == 0, f'replica {i} failed:\n{cluster.tail(i)}'
+  serving = os.path.join(workdir, 'model', 'Format-Serving')
+  assert os.path.exists(os.path.join(serving, 'saved_model.pb'))
+  metrics = _metrics({'serving': serving})
+  assert metrics['task'] == 'chief:0' and metrics['workers'] == 2
+  assert 'ai_platform_training_args' not in metrics['config']
+  assert 'Task worker:0 done after 6 steps' in cluster.tail(1, 20000)

@@ -121,7 +121,9 @@ class Cluster:
   """N run_fn processes on loopback; each one's output goes to <log_dir>/task-<i>.log."""
 
   def __init__(self, args: Dict[str, Any], num_workers: int, log_dir: str,
-               chief: bool = False, env: Optional[Dict[str, str]] = None):
+               chief: bool = False, env: Optional[Dict[str, str]] = None,
+               commands: Optional[List[List[str]]] = None):
+    """`commands`: each task's command line instead of RUN_FN with `args`."""
     self.logs = [os.path.join(log_dir, f'task-{i}.log') for i in range(num_workers)]
     self.tmpdirs = [os.path.join(log_dir, f'tmp-{i}') for i in range(num_workers)]
     ports = free_ports(num_workers) if num_workers > 1 else []
@@ -134,9 +136,10 @@ class Cluster:
       if num_workers > 1:
         task_env['TF_CONFIG'] = tf_config(ports, i, chief)
       with open(self.logs[i], 'w') as log:
-        self.procs.append(subprocess.Popen(
-            [sys.executable, '-c', RUN_FN, json.dumps(args)], cwd=REPO_DIR, env=task_env,
-            stdout=log, stderr=subprocess.STDOUT))
+        command = (commands[i] if commands else
+                   [sys.executable, '-c', RUN_FN, json.dumps(args)])
+        self.procs.append(subprocess.Popen(command, cwd=REPO_DIR, env=task_env,
+                                           stdout=log, stderr=subprocess.STDOUT))
 
   def tail(self, i: int, chars: int = 3000) -> str:
     with open(self.logs[i], errors='replace') as f:
