@@ -135,18 +135,21 @@ def eval_losses(arm, vocab_size, eval_windows, precision):
     scorer.set_weights(arm.model.get_weights())
   state_io = model_lib.with_state_io(scorer)
   size = state_io.inputs[1].shape[1]
+  # Traced once: eagerly, Keras' RNN loop runs step by step in Python.
+  forward = tf.function(lambda x: scorer(x, training=False), reduce_retracing=True)
+  carried = tf.function(lambda x, states: state_io([x, states], training=False))
 
   def xent(windows, logits):
     return tf.nn.sparse_softmax_cross_entropy_with_logits(windows[:, 1:], logits).numpy()
 
-  zero = np.concatenate([xent(w, scorer(w[:, :-1], training=False))
+  zero = np.concatenate([xent(w, forward(tf.constant(w[:, :-1])))
                          for w in np.array_split(eval_windows, max(1, len(eval_windows) // 256))])
   # Windows tile the eval text: stream b reads windows b*L .. b*L + L - 1 in order.
   length = len(eval_windows) // WARM_STREAMS
   streams = eval_windows[:WARM_STREAMS * length].reshape(WARM_STREAMS, length, EVAL_WINDOW)
   states, warm = tf.zeros([WARM_STREAMS, size]), []
   for t in range(length):
-    logits, states = state_io([tf.constant(streams[:, t, :-1]), states], training=False)
+    logits, states = carried(tf.constant(streams[:, t, :-1]), states)
     warm.append(xent(streams[:, t], logits))
   return float(zero.mean()), float(zero[:WARM_STREAMS * length].mean()), float(np.mean(warm))
 
