@@ -1,6 +1,7 @@
 """bench/quality: a preset's eval loss through the real pipeline, beside the tutorial's recipe.
 
   .venv/bin/python -m bench.quality                  # `cpu` preset + its peer, ~12 min
+  .venv/bin/python -m bench.quality --pairs 2        # A B B A: pipeline, peer, peer, pipeline
   .venv/bin/python -m bench.quality --quick          # plumbing: 30 s budgets, ~4 min
   .venv/bin/python -m bench.quality --no-peer [--overrides k=v,... ...]
 
@@ -227,55 +228,88 @@ def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
   parser.add_argument('--preset', default='cpu')
   parser.add_argument('--overrides', nargs='*', default=[''],
-                      help='one full pipeline run per value')
+                      help='one full pipeline run per value (the first is compared with the peer)')
   parser.add_argument('--corpus', default=CORPUS)
   parser.add_argument('--no-peer', dest='peer', action='store_false',
                       help='pipeline runs only')
+  parser.add_argument('--pairs', type=int, default=1,
+                      help='pipeline/peer pairs, in the order A B, B A, A B, ... so that '
+                           'a drift in the machine\'s load hits both sides alike')
   parser.add_argument('--quick', action='store_true',
                       help=f'plumbing check: {QUICK_SECONDS} s budgets for both sides')
   parser.add_argument('--output', default=None,
                       help='results JSON (default bench/results/quality_<cpu kind>[_quick].json)')
   args = parser.parse_args()
+  if args.pairs < 1:
+    parser.error('--pairs must be >= 1')
 
   from pipeline import configs  # pylint: disable=g-import-not-at-top
   machine = common.machine()
   kind = cpu_kind(machine)
   run = common.Run(f'quality_{kind}')
-  rows, details = [], []
-  artifacts = None
-  budget = None
+  variants = []
   for overrides in args.overrides or ['']:
     if args.quick:
       overrides = ', '.join(filter(None, [overrides, f'max_train_seconds={QUICK_SECONDS}']))
-    preset = configs.get_preset(args.preset, overrides)
-    output_dir = tempfile.mkdtemp(prefix='bench-quality-')
-    row, detail, found = run_pipeline(args.preset, overrides, args.corpus, output_dir)
-    rows.append(row)
-    details.append(detail)
-    if artifacts is None:
-      artifacts, budget = found, preset.max_train_seconds
-    print(common.table([row], list(row)), flush=True)
+    variants.append((overrides, configs.get_preset(args.preset, overrides)))
+  budget = variants[0][1].max_train_seconds
+  if args.peer and not budget:
+    raise SystemExit(f'the {args.preset} preset has no max_train_seconds: no budget to give '
+                     'the peer (use --no-peer, or a preset with a time budget)')
 
-  comparison = None
-  if args.peer:
-    if not budget:
-      raise SystemExit(f'the {args.preset} preset has no max_train_seconds: no budget to give '
-                       'the peer (use --no-peer, or a preset with a time budget)')
+  rows, details, pairs = [], [], []
+  artifacts = None
+
+  def pipelines():
+    nonlocal artifacts
+    first = None
+    for overrides, _ in variants:
+      output_dir = tempfile.mkdtemp(prefix='bench-quality-')
+      row, detail, found = run_pipeline(args.preset, overrides, args.corpus, output_dir)
+      rows.append(row)
+      details.append(detail)
+      print(common.table([row], list(row)), flush=True)
+      if first is None:
+        first, artifacts = (row, found), found
+    return first
+
+  def peer():
     row, detail, windows, vocab_size = run_peer(artifacts, budget)
     rows.append(row)
     details.append(detail)
     print(common.table([row], list(row)), flush=True)
-    same_scorer = {'pipeline': score_pipeline_model(artifacts, vocab_size, windows),
-                   'peer': row['eval_loss']}
-    lead = row['eval_loss'] - rows[0]['eval_loss']
+    return row, windows, vocab_size
+
+  for i in range(args.pairs if args.peer else 1):
+    if not args.peer:
+      pipelines()
+      break
+    if i % 2 and artifacts is not None:      # B A: the peer first, on the last Examples
+      peer_row, windows, vocab_size = peer()
+      pipeline_row, found = pipelines()
+    else:
+      pipeline_row, found = pipelines()
+      peer_row, windows, vocab_size = peer()
+    pairs.append({
+        'pair': i + 1, 'order': 'peer, pipeline' if i % 2 else 'pipeline, peer',
+        'pipeline_eval_loss': pipeline_row['eval_loss'], 'peer_eval_loss': peer_row['eval_loss'],
+        'pipeline_steps': pipeline_row['train_steps'], 'peer_steps': peer_row['train_steps'],
+        'preset_lead_nats_per_char': peer_row['eval_loss'] - pipeline_row['eval_loss'],
+        # Both Keras models through one scorer (the gate's figure is the exported model's).
+        'same_scorer_eval_loss': {'pipeline': score_pipeline_model(found, vocab_size, windows),
+                                  'peer': peer_row['eval_loss']},
+    })
+
+  comparison = None
+  if pairs:
+    lead = sum(p['preset_lead_nats_per_char'] for p in pairs) / len(pairs)
     comparison = {
-        'preset_lead_nats_per_char': lead,
-        'target_nats_per_char': TARGET_MARGIN,
-        'met': lead >= TARGET_MARGIN,
-        'same_scorer_eval_loss': same_scorer,
-        'note': 'pipeline eval_loss is the gate\'s (exported model, `score`); the peer\'s is '
-                'this module\'s scorer over the same windows; same_scorer_eval_loss scores '
-                'both Keras models with that one scorer',
+        'preset_lead_nats_per_char': lead, 'pairs': pairs,
+        'target_nats_per_char': TARGET_MARGIN, 'met': lead >= TARGET_MARGIN,
+        'note': 'lead = peer eval loss - pipeline eval loss, mean over pairs; the pipeline\'s '
+                'is the gate\'s (exported model, `score`), the peer\'s this module\'s scorer '
+                'over the same windows; same_scorer_eval_loss scores both Keras models with '
+                'that one scorer',
     }
   path = run.write({'cpu_kind': kind, 'quick': args.quick, 'results': rows,
                     'comparison': comparison, 'runs': details},
@@ -285,10 +319,11 @@ def main() -> None:
              'budget_seconds', 'elapsed_seconds', 'load']
   print(common.table(rows, columns))
   if comparison:
-    print(f"\n`{args.preset}` leads the peer by {comparison['preset_lead_nats_per_char']:+.4f} "
-          f"nats/char (target >= {TARGET_MARGIN}: {'met' if comparison['met'] else 'MISSED'}); "
-          f"same scorer: pipeline {comparison['same_scorer_eval_loss']['pipeline']:.4f}, "
-          f"peer {comparison['same_scorer_eval_loss']['peer']:.4f}")
+    print(f"\n`{args.preset}` leads the peer by {lead:+.4f} nats/char over {len(pairs)} "
+          f"pair(s) (target >= {TARGET_MARGIN}: {'met' if comparison['met'] else 'MISSED'}); "
+          'same scorer: ' + '; '.join(
+              f"pipeline {p['same_scorer_eval_loss']['pipeline']:.4f}, peer "
+              f"{p['same_scorer_eval_loss']['peer']:.4f}" for p in pairs))
   print(f'\n{common.machine_line(machine)}; CPU kind {kind}\nwritten to {path}')
 
 
