@@ -211,10 +211,7 @@ def run(fn_args: FnArgs, cluster: Cluster) -> None:
     raise RuntimeError(
         f'{STRATEGY_NAME} could not start ({e}): it must be created before this process '
         'runs any TensorFlow op; run the Trainer in a fresh process per task') from e
-  workers = strategy.extended._num_workers  # pylint: disable=protected-access
-  if workers != cluster.num_workers:
-    raise RuntimeError(f'{TF_CONFIG_ENV} names {cluster.num_workers} workers but the '
-                       f'strategy has {workers}')
+  workers = cluster.num_workers
   chief = cluster.is_chief
   custom = fn_args.custom_config
   config = TrainingConfig.from_custom_config(custom)

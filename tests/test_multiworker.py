@@ -24,8 +24,15 @@ from tests import test_model as contract
 from tests import worker_cluster
 
 SLOW = os.environ.get('CHAR_RNN_SLOW_TESTS', '') not in ('', '0')
-slow = pytest.mark.skipif(not SLOW, reason='set CHAR_RNN_SLOW_TESTS=1: 2 worker processes '
-                          'train and export on loopback (1-3 min)')
+_skip_unless_slow = pytest.mark.skipif(
+    not SLOW, reason='set CHAR_RNN_SLOW_TESTS=1: 2 worker processes train and export on '
+    'loopback (1-3 min each run)')
+# One pytest-xdist worker runs them all, so the module's clusters run once, one at a time.
+_one_xdist_worker = pytest.mark.xdist_group('multiworker')
+
+
+def slow(test):
+  return _skip_unless_slow(_one_xdist_worker(test))
 
 # tiny, smaller still: 50-character windows, 6 steps of a global batch of 32.
 OVERRIDES = ('seq_length=50, steps_per_epoch=6, eval_steps=2, sample_chars=20, '
@@ -251,8 +258,7 @@ def test_the_chiefs_export_keeps_the_export_contract(exported, check):
   getattr(contract, check)(exported)
 
 
-@pytest.mark.skipif(not SLOW, reason='set CHAR_RNN_SLOW_TESTS=1: a fresh interpreter loads '
-                    'the export without project code (~10 s)')
+@slow
 def test_the_chiefs_export_loads_without_project_code(exported):
   contract.test_saved_model_uses_core_ops_only_and_loads_without_project_code(exported)
 
@@ -315,3 +321,24 @@ def test_a_vertex_custom_jobs_replicas_train_through_tfx_run_executor(tmp_path_f
   assert metrics['task'] == 'chief:0' and metrics['workers'] == 2
   assert 'ai_platform_training_args' not in metrics['config']
   assert 'Task worker:0 done after 6 steps' in cluster.tail(1, 20000)
+
+
+@slow
+def test_the_chiefs_time_budget_stops_every_worker_after_the_same_step(tmp_path_factory, inputs):
+  """The budget and the cosine rate are the chief's clock's: agreed inside each step."""
+  examples, preset = inputs
+  workdir = str(tmp_path_factory.mktemp('budget'))
+  settings = dict(preset.training_config(), steps_per_epoch=100_000, max_train_seconds=90.0,
+                  lr_schedule='cosine', min_lr_ratio=0.1)
+  args = worker_cluster.run_fn_args(examples, workdir, settings)
+  cluster = worker_cluster.Cluster(args, 2, workdir)
+  codes = cluster.wait(timeout=400)
+  for i, code in enumerate(codes):
+    assert code == 0, f'task {i} failed:\n{cluster.tail(i)}'
+  metrics = _metrics(args)
+  assert metrics['stop_reason'] == 'time_budget'
+  assert 0 < metrics['train_steps'] < 100_000
+  assert f'Task worker:1 done after {metrics["train_steps"]} steps' in cluster.tail(1, 20000)
+  with open(os.path.join(args['run'], 'history.json')) as f:
+    rates = [p['learning_rate'] for p in json.load(f)['steps']]
+  assert rates == sorted(rates, reverse=True) and rates[-1] < rates[0]
