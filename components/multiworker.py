@@ -54,7 +54,10 @@ with the single-process keys plus 'workers', 'global_batch_size',
 copies the weights into plain variables (model.CharRnnExport) and runs no
 collective, so the other workers need not take part in it; whatever they log
 (their TensorBoard summaries) goes to a temporary directory that is removed
-when they finish, and they write nothing into fn_args' directories.
+when they finish, and they write nothing into fn_args' directories. They wait
+for the chief's export in a last all-reduce and all tasks leave together: a
+worker that exits first leaves the chief's coordination service waiting for
+its heartbeat to time out (minutes) before the chief's process can end.
 
 Not done on this path (said plainly): step backups and resume after a kill
 (backup_every_steps is ignored: a killed worker fails the whole job, which
