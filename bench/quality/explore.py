@@ -31,6 +31,16 @@ Besides the gate's zero-state loss, `eval_loss_warm` scores (nearly) the same
 windows in text order with the state carried from window to window (16 streams):
 what a model with context achieves, reported apart, never as the gate's number.
 
+Measured (quality_explore.json, tags T150_, T150b_, S300_; 2-core AMD EPYC without
+AVX512, float32, under load 5-13 from other engineers' runs, 2026-12-01):
+carried state does not beat the re-cut windows on the gate's zero-state eval at
+these budgets (0.5-2 epochs): it lowers the training loss (its rows see context)
+and ties with warm state, but scores 0.03 worse from a zero state at equal steps.
+What wins at this load's step time (0.9-1.7 s) is a cheaper step: GRU-256 or
+seq 50 beat GRU-384 by 0.15-0.18 nats/char in equal time, the opposite of the
+unloaded AVX512-BF16 rows (G/H/I: 1,200-2,300 steps, GRU-384 ahead by 0.02): the
+best size depends on how many steps the budget buys on the machine.
+
 Each run appends one row per arm to bench/results/quality_explore.json, with the
 machine and the load, and prints the table of this run's rows. Differences
 under ~0.03 nats/char are within run-to-run noise on this shared VM.
