@@ -35,7 +35,8 @@ Measured (quality_explore.json, tags T150_, T150b_, S300_; 2-core AMD EPYC witho
 AVX512, float32, under load 5-13 from other engineers' runs, 2026-12-01):
 carried state does not beat the re-cut windows on the gate's zero-state eval at
 these budgets (0.5-2 epochs): it lowers the training loss (its rows see context)
-and ties with warm state, but scores 0.03 worse from a zero state at equal steps.
+and ties with warm state, but scores 0.03-0.04 worse from a zero state at equal
+steps (GRU-384, 300 steps: 1.732 vs 1.692; warm 1.677 vs 1.666).
 What wins at this load's step time (0.9-1.7 s) is a cheaper step: GRU-256 or
 seq 50 beat GRU-384 by 0.15-0.18 nats/char in equal time, the opposite of the
 unloaded AVX512-BF16 rows (G/H/I: 1,200-2,300 steps, GRU-384 ahead by 0.02): the
