@@ -4,9 +4,10 @@
 Beam DirectRunner) once with the `tiny` preset on the real corpus; the
 end-to-end, serving and Kubeflow tests all read what it produced.
 
-`make test` runs on two pytest-xdist workers (pytest.ini): every test that
-uses `tiny_pipeline` is put in one xdist group, so one worker makes the run
-once and the other takes the rest of the suite meanwhile.
+`make test` runs on two pytest-xdist workers (pytest.ini) with one xdist group
+per test module, so module fixtures are made once; the modules that use
+`tiny_pipeline` share one group, so one worker makes the run once while the
+other takes the rest of the suite.
 """
 
 import dataclasses
@@ -22,10 +23,18 @@ REPO_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CORPUS_PATH = os.path.join(REPO_DIR, 'data', 'tinyshakespeare.txt')   # the embedded default
 
 
+@pytest.hookimpl(tryfirst=True)   # before xdist's own hook reads the marks
 def pytest_collection_modifyitems(items):
+  # A module's tests stay on one worker (its module fixtures are made once);
+  # every module with a `tiny_pipeline` user joins one group, so the session's
+  # run is made once too.
+  def module(item):
+    return item.nodeid.split('::')[0]
+  shared = {module(i) for i in items if 'tiny_pipeline' in getattr(i, 'fixturenames', ())}
   for item in items:
-    if 'tiny_pipeline' in getattr(item, 'fixturenames', ()):
-      item.add_marker(pytest.mark.xdist_group('tiny_pipeline'))
+    name = module(item)
+    if item.get_closest_marker('xdist_group') is None:   # a test's own group stands
+      item.add_marker(pytest.mark.xdist_group('tiny_pipeline' if name in shared else name))
 
 
 @dataclasses.dataclass
