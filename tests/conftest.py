@@ -23,7 +23,7 @@ REPO_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CORPUS_PATH = os.path.join(REPO_DIR, 'data', 'tinyshakespeare.txt')   # the embedded default
 
 
-@pytest.hookimpl(tryfirst=True)   # before xdist's own hook reads the marks
+@pytest.hookimpl(wrapper=True)   # around xdist's own hook, which reads the marks
 def pytest_collection_modifyitems(items):
   # A module's tests stay on one worker (its module fixtures are made once);
   # every module with a `tiny_pipeline` user joins one group, so the session's
@@ -35,6 +35,7 @@ def pytest_collection_modifyitems(items):
     name = module(item)
     if item.get_closest_marker('xdist_group') is None:   # a test's own group stands
       item.add_marker(pytest.mark.xdist_group('tiny_pipeline' if name in shared else name))
+  return (yield)
 
 
 @dataclasses.dataclass
