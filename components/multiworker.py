@@ -353,36 +353,12 @@ def run(fn_args: FnArgs, cluster: Cluster) -> None:
     agree(0.0)   # the end barrier (see below)
     return
 
-  serving_dir = fn_args.serving_model_dir
-  model_lib.export_serving_model(model, vocab.tokens, model_config,
-                                 config.max_generate_chars, serving_dir,
-                                 config.serving_matmul_dtype)
-  extra = os.path.join(serving_dir, 'assets.extra')
-  tf.io.gfile.makedirs(extra)
-  vocab.save(extra)
-  trainer_module._save_keras_weights(model, vocab, model_config, extra)  # pylint: disable=protected-access
-  training.write_history(fn_args.model_run_dir, state, config.max_train_seconds)
   chars_per_second = state.step * chars_per_batch / max(loop_seconds, 1e-9)
-  metrics = {
-      'eval_loss': eval_loss,
-      'bits_per_char': eval_loss / math.log(2),
-      'perplexity': math.exp(min(eval_loss, 700.0)),
-      'epochs_run': len(state.epochs),
+  trainer_module.export(fn_args, model, vocab, model_config, config, state, clock, {
       'train_seconds': clock.elapsed(),
-      'train_steps': state.step,
-      'resumed_from_step': 0,
-      'stop_reason': state.stop_reason,
-      'stopped_by_time_budget': state.stop_reason == training.STOP_TIME_BUDGET,
-      'time_budget_seconds': config.max_train_seconds,
-      'history': {'loss': [e['loss'] for e in state.epochs],
-                  'val_loss': [e['val_loss'] for e in state.epochs]},
+      'resumed_from_step': 0,                     # this path writes no backups
       'start': start_note,
       'precision': precision,
-      'seed': seed,
-      'vocab_size': len(vocab),
-      'corpus': custom.get('corpus'),
-      'state_size': model_lib.state_size(config.rnn_type, config.rnn_units, config.num_layers),
-      'config': config.to_custom_config(),
       # This path's own figures.
       'strategy': STRATEGY_NAME,
       'workers': workers,
@@ -392,13 +368,10 @@ def run(fn_args: FnArgs, cluster: Cluster) -> None:
       'step_seconds_total': loop_seconds,         # the train steps alone
       'chars_per_second': chars_per_second,       # all workers together
       'chars_per_second_per_worker': chars_per_second / workers,
-  }
-  metrics['elapsed_seconds'] = clock.elapsed()
-  with tf.io.gfile.GFile(os.path.join(extra, trainer_module.METRICS_FILE), 'w') as f:
-    f.write(json.dumps(metrics, indent=1))
+  }, eval_loss)
   logging.info('Eval loss %.4f nats/char after %d steps on %d workers (%s, %.0f chars/s); '
                'model exported to %s', eval_loss, state.step, workers, state.stop_reason,
-               chars_per_second, serving_dir)
+               chars_per_second, fn_args.serving_model_dir)
   # Every task leaves together: a worker that exits while the chief still
   # exports makes the chief's coordination service wait for its heartbeat to
   # time out (minutes) before the chief's process can end.

@@ -438,6 +438,28 @@ def run_fn(fn_args: FnArgs) -> None:
         f'training diverged: the final eval loss is {eval_loss}; lower learning_rate '
         f'(now {config.learning_rate:g}) or set clipnorm')
 
+  metrics = export(fn_args, model, vocab, model_config, config, state, clock, {
+      'train_seconds': train_seconds,              # run_fn's start to training's end
+      'resumed_from_step': state.resumed_from_step,
+      'start': start_note,
+      'precision': precision,
+      'precision_reason': choice.reason,
+      'precision_timings_ms': choice.timings_ms,   # null when not measured
+  }, eval_loss)
+  if store:
+    store.delete()
+  logging.info('Eval loss %.4f nats/char (%.4f bits/char) after %d steps (%s, %.0f s); '
+               'model exported to %s', eval_loss, metrics['bits_per_char'], state.step,
+               state.stop_reason, metrics['elapsed_seconds'], fn_args.serving_model_dir)
+
+
+def export(fn_args: FnArgs, model: keras.Model, vocab: CharVocab, model_config: Dict[str, Any],
+           config: TrainingConfig, state: training.TrainingState, clock: training.Clock,
+           figures: Dict[str, Any], eval_loss: float) -> Dict[str, Any]:
+  """Writes the Model artifact (the module docstring's layout) and history.json;
+  returns metrics.json's content: the figures every run reports, then the
+  caller's own (`figures`: how it started, precision, a multi-worker run's
+  throughput). The one writer of metrics.json, for both training paths."""
   serving_dir = fn_args.serving_model_dir
   model_lib.export_serving_model(model, vocab.tokens, model_config,
                                  config.max_generate_chars, serving_dir,
@@ -452,30 +474,21 @@ def run_fn(fn_args: FnArgs) -> None:
       'bits_per_char': eval_loss / math.log(2),
       'perplexity': math.exp(min(eval_loss, 700.0)),
       'epochs_run': len(state.epochs),
-      'train_seconds': train_seconds,              # run_fn's start to training's end
       'train_steps': state.step,
-      'resumed_from_step': state.resumed_from_step,
       'stop_reason': state.stop_reason,
       'stopped_by_time_budget': state.stop_reason == training.STOP_TIME_BUDGET,
       'time_budget_seconds': config.max_train_seconds,
       'history': {'loss': [e['loss'] for e in state.epochs],
                   'val_loss': [e['val_loss'] for e in state.epochs]},
-      'start': start_note,
-      'precision': precision,
-      'precision_reason': choice.reason,
-      'precision_timings_ms': choice.timings_ms,   # null when not measured
       'seed': state.seed,
       'vocab_size': len(vocab),
-      'corpus': custom.get('corpus'),              # sources, num_chars, fingerprint
+      'corpus': fn_args.custom_config.get('corpus'),   # sources, num_chars, fingerprint
       'state_size': model_lib.state_size(config.rnn_type, config.rnn_units, config.num_layers),
       'config': config.to_custom_config(),
+      **figures,
   }
   # Last: everything above is inside the budget this figure reports.
   metrics['elapsed_seconds'] = clock.elapsed()
   with tf.io.gfile.GFile(os.path.join(extra, METRICS_FILE), 'w') as f:
     f.write(json.dumps(metrics, indent=1))
-  if store:
-    store.delete()
-  logging.info('Eval loss %.4f nats/char (%.4f bits/char) after %d steps (%s, %.0f s); '
-               'model exported to %s', eval_loss, metrics['bits_per_char'], state.step,
-               state.stop_reason, metrics['elapsed_seconds'], serving_dir)
+  return metrics
