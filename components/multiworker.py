@@ -404,11 +404,9 @@ def _train(config, clock, strategy, model, per_epoch, eval_batches, train_iter, 
   checkpoints = os.path.join(log_dir, 'checkpoints')
 
   def current_lr() -> float:
-    steps_progress = state.step / (per_epoch * config.epochs)
-    training_seconds = budget.training_seconds()
-    time_progress = clock.elapsed() / training_seconds if training_seconds else 0.0
-    return training.learning_rate(config.learning_rate, config.lr_schedule,
-                                  config.min_lr_ratio, max(steps_progress, time_progress))
+    done = training.training_progress(state.step, per_epoch * config.epochs, clock, budget)
+    return training.learning_rate(config.learning_rate, config.lr_schedule, config.min_lr_ratio,
+                                  done)
 
   def would_overrun(steps_ahead: int) -> bool:
     """Budget.exhausted() as it will be `steps_ahead` steps from now."""
@@ -516,13 +514,5 @@ def _train(config, clock, strategy, model, per_epoch, eval_batches, train_iter, 
       progress.close()
   state.stop_reason = state.stop_reason or training.STOP_EPOCHS
 
-  if state.stop_reason == training.STOP_EARLY_STOPPING and best_weights is not None:
-    model.set_weights(best_weights)
-    eval_loss = state.best_val_loss
-  else:
-    eval_loss = state.epochs[-1]['val_loss']
-  if eval_loss is None or not math.isfinite(eval_loss):
-    raise training.TrainingDivergedError(
-        f'training diverged: the final eval loss is {eval_loss}; lower learning_rate '
-        f'(now {config.learning_rate:g}) or set clipnorm')
+  eval_loss = training.final_eval_loss(model, state, best_weights, config.learning_rate)
   return state, eval_loss, loop_seconds

@@ -425,18 +425,8 @@ def run_fn(fn_args: FnArgs) -> None:
   state.stop_reason = state.stop_reason or training.STOP_EPOCHS
   train_seconds = clock.elapsed()
 
-  if state.stop_reason == training.STOP_EARLY_STOPPING and monitor.best_weights is not None:
-    model.set_weights(monitor.best_weights)
-    eval_loss = state.best_val_loss
-    logging.info('Restored the weights of epoch %d (val_loss %.4f).', state.best_epoch, eval_loss)
-  else:
-    # Keras validated these very weights at the last epoch's end (a stop
-    # mid-epoch validates too): no second pass over the eval split.
-    eval_loss = state.epochs[-1]['val_loss']
-  if eval_loss is None or not math.isfinite(eval_loss):
-    raise training.TrainingDivergedError(
-        f'training diverged: the final eval loss is {eval_loss}; lower learning_rate '
-        f'(now {config.learning_rate:g}) or set clipnorm')
+  eval_loss = training.final_eval_loss(model, state, monitor.best_weights,
+                                       config.learning_rate)
 
   metrics = export(fn_args, model, vocab, model_config, config, state, clock, {
       'train_seconds': train_seconds,              # run_fn's start to training's end

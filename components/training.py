@@ -174,6 +174,36 @@ def choose_precision(precision: str, time_candidates: Callable[[], Dict[str, flo
   return choice
 
 
+def training_progress(step: int, total_steps: int, clock: 'Clock',
+                      budget: 'Budget') -> float:
+  """How far training is, in [0, 1]: by steps or by the budget, whichever is further."""
+  training_seconds = budget.training_seconds()
+  time_progress = clock.elapsed() / training_seconds if training_seconds else 0.0
+  return max(step / total_steps, time_progress)
+
+
+def final_eval_loss(model, state: 'TrainingState', best_weights: Optional[List[np.ndarray]],
+                    base_learning_rate: float) -> float:
+  """The eval loss of the weights to export, which it leaves in `model`.
+
+  After early stopping: the best epoch's weights and loss; otherwise the last
+  validation, which ran on these very weights at the last epoch's end (a stop
+  mid-epoch validates too), so no second pass over the eval split. A loss that
+  is missing or not finite raises TrainingDivergedError: nothing is exported.
+  """
+  if state.stop_reason == STOP_EARLY_STOPPING and best_weights is not None:
+    model.set_weights(best_weights)
+    eval_loss = state.best_val_loss
+    logging.info('Restored the weights of epoch %d (val_loss %.4f).', state.best_epoch, eval_loss)
+  else:
+    eval_loss = state.epochs[-1]['val_loss']
+  if eval_loss is None or not math.isfinite(eval_loss):
+    raise TrainingDivergedError(
+        f'training diverged: the final eval loss is {eval_loss}; lower learning_rate '
+        f'(now {base_learning_rate:g}) or set clipnorm')
+  return eval_loss
+
+
 def learning_rate(base: float, schedule: str, min_ratio: float, progress: float) -> float:
   shape = LR_SCHEDULES[schedule]
   if shape is None:
@@ -491,11 +521,8 @@ class TrainingMonitor(keras.callbacks.Callback):
 
   # -- helpers
   def current_lr(self) -> float:
-    steps_progress = self.state.step / (self._steps_per_epoch * self._epochs)
-    training_seconds = self.budget.training_seconds()
-    time_progress = self._clock.elapsed() / training_seconds if training_seconds else 0.0
-    return learning_rate(self._lr, self._schedule, self._min_ratio,
-                         max(steps_progress, time_progress))
+    return learning_rate(self._lr, self._schedule, self._min_ratio, training_progress(
+        self.state.step, self._steps_per_epoch * self._epochs, self._clock, self.budget))
 
   def _set_lr(self) -> float:
     lr = self.current_lr()
