@@ -63,7 +63,8 @@ Not done on this path (said plainly): step backups and resume after a kill
 (backup_every_steps is ignored: a killed worker fails the whole job, which
 restarts from scratch or from the served model when warm_start is on), and
 precision mixed_float16 (it needs loss scaling in the loop; refused with an
-error). Warm starts work: every worker loads the same served weights.
+error), and size by step time (min_rnn_units: rnn_units trains, with a
+warning). Warm starts work: every worker loads the same served weights.
 """
 
 import dataclasses
@@ -246,6 +247,9 @@ def run(fn_args: FnArgs, cluster: Cluster) -> None:
   if eval_batches < 1:
     raise ValueError(f'the eval split has {num_eval} windows, fewer than one global batch '
                      f'of batch_size={global_batch}: lower batch_size or use a larger corpus')
+  if len(training.size_ladder(config.rnn_units, config.min_rnn_units)) > 1:
+    logging.warning('Size by step time is not applied with several workers: training '
+                    '%d units (rnn_units).', config.rnn_units)
   if config.backup_every_steps and custom.get('backup_dir'):
     logging.warning('Step backups are not written with several workers '
                     '(backup_every_steps=%d ignored): a killed job starts again.',

@@ -11,7 +11,10 @@ carries what the next warm start needs):
                                   the end of the export), time_budget_seconds,
                                   precision with precision_reason and
                                   precision_timings_ms (`auto` measured: median ms
-                                  per step of each candidate; null otherwise)
+                                  per step of each candidate; null otherwise),
+                                  config (what trained: rnn_units is the size
+                                  chosen) with rnn_units_reason and
+                                  rnn_units_step_ms (size by step time)
     assets.extra/keras/           Keras weights + config, for warm starts
 
 And in ModelRun: TensorBoard logs (loss curves, a text sample after every
@@ -170,22 +173,30 @@ class _SampleText(keras.callbacks.Callback):
     self.last_seconds = time.monotonic() - started
 
 
+def _served_keras_config(base_model_dir: Optional[str]):
+  """(the served model's {'tokens', 'model_config'}, or None, and why not)."""
+  if not base_model_dir or not tf.io.gfile.exists(
+      os.path.join(base_model_dir, 'saved_model.pb')):
+    return None, 'no served model to warm-start from'
+  try:
+    with tf.io.gfile.GFile(os.path.join(base_model_dir, 'assets.extra', KERAS_DIR,
+                                        CONFIG_FILE)) as f:
+      return json.load(f), None
+  except tf.errors.NotFoundError:
+    return None, f'the served model has no assets.extra/{KERAS_DIR}/{CONFIG_FILE}'
+
+
 def _warm_start(model: keras.Model, base_model_dir: Optional[str], vocab: CharVocab,
                 model_config: Dict[str, Any]) -> str:
   """Loads the served model's Keras weights when they fit; says what it did."""
-  if not base_model_dir or not tf.io.gfile.exists(
-      os.path.join(base_model_dir, 'saved_model.pb')):
-    return 'from scratch (no served model to warm-start from)'
-  keras_dir = os.path.join(base_model_dir, 'assets.extra', KERAS_DIR)
-  try:
-    with tf.io.gfile.GFile(os.path.join(keras_dir, CONFIG_FILE)) as f:
-      base = json.load(f)
-  except tf.errors.NotFoundError:
-    return f'from scratch (the served model has no assets.extra/{KERAS_DIR}/{CONFIG_FILE})'
+  base, why_not = _served_keras_config(base_model_dir)
+  if base is None:
+    return f'from scratch ({why_not})'
   if base['tokens'] != vocab.tokens:
     return 'from scratch (the vocabulary changed since the served model)'
   if base['model_config'] != model_config:
     return 'from scratch (the model architecture changed since the served model)'
+  keras_dir = os.path.join(base_model_dir, 'assets.extra', KERAS_DIR)
   local = os.path.join(os.environ.get('TMPDIR', '/tmp'), f'warm-{time.time_ns()}.weights.h5')
   tf.io.gfile.copy(os.path.join(keras_dir, WEIGHTS_FILE), local, overwrite=True)
   model.load_weights(local)
@@ -193,6 +204,27 @@ def _warm_start(model: keras.Model, base_model_dir: Optional[str], vocab: CharVo
   return f'warm-started from {keras_dir}'
 
 
+def _size_without_timing(config: TrainingConfig, resuming: Optional[training.TrainingState],
+                         base_model_dir: Optional[str],
+                         vocab: CharVocab) -> Optional[training.SizeChoice]:
+  """The size when nothing needs measuring, else None (choose_size decides).
+
+  A resumed run keeps its backup's size; a run that can warm-start keeps the
+  served model's size (its weights are worth more than a better-fitting size).
+  """
+  ladder = training.size_ladder(config.rnn_units, config.min_rnn_units)
+  if len(ladder) == 1 or not config.min_budget_steps or config.max_train_seconds is None:
+    return training.SizeChoice(config.rnn_units, 'rnn_units as set (size by step time is off)')
+  if resuming is not None and resuming.rnn_units:
+    return training.SizeChoice(resuming.rnn_units, 'the size of the run this one resumes')
+  base, _ = _served_keras_config(base_model_dir)
+  if base is not None and base['tokens'] == vocab.tokens:
+    served = base['model_config'].get('rnn_units')
+    ours = {k: getattr(config.sized(served), k) for k in model_lib.MODEL_CONFIG_KEYS} \
+        if served in ladder else None
+    if ours == base['model_config']:
+      return training.SizeChoice(served, 'the served model\'s size, to warm-start from it')
+  return None
 
 
 class _Schedule(keras.callbacks.Callback):
@@ -237,6 +269,47 @@ def _build_model(config: TrainingConfig, vocab_size: int, model_config: Dict[str
   return model
 
 
+def _variables(model: keras.Model) -> List[tf.Variable]:
+  return model.variables + model.optimizer.variables
+
+
+def _reset(model: keras.Model, values: List[Any], seed: int) -> None:
+  """Weights, optimizer state and seeds back to `values` as built: training then
+  starts exactly where an unmeasured run starts."""
+  for variable, value in zip(_variables(model), values):
+    variable.assign(value)
+  model.reset_metrics()
+  keras.utils.set_random_seed(seed)
+
+
+def _timed_steps(config: TrainingConfig, train_files: List[str], num_train: Optional[int],
+                 seed: int, models: Dict[str, keras.Model],
+                 warmup: int = training.PRECISION_WARMUP_STEPS,
+                 timed: int = training.PRECISION_TIMED_STEPS):
+  """({name: median ms per step}, {name: first step's seconds}, {name: initial values}).
+
+  Each model trains a few steps on real batches (the same input pipeline as
+  fit, so fit reuses the traced train function), taking turns
+  (training.time_steps); `_reset` then puts any of them back as built.
+  """
+  batches = iter(make_dataset(train_files, config.seq_length, config.batch_size, repeat=True,
+                              cache=False, num_windows=num_train,
+                              random_offsets=config.random_offsets, seed=seed))
+  initial, first_step, steps = {}, {}, {}
+  for name, model in models.items():
+    model.optimizer.build(model.trainable_variables)
+    initial[name] = [v.numpy() for v in _variables(model)]
+    model.make_train_function()
+
+    def step(model=model, name=name):
+      started = time.perf_counter()
+      logs = model.train_function(batches)
+      float(logs['loss'])                    # the step is done
+      first_step.setdefault(name, time.perf_counter() - started)
+    steps[name] = step
+  return training.time_steps(steps, warmup, timed), first_step, initial
+
+
 def _model_at_chosen_precision(config: TrainingConfig, vocab_size: int,
                                model_config: Dict[str, Any], seed: int,
                                train_files: List[str], num_train: Optional[int],
@@ -244,46 +317,58 @@ def _model_at_chosen_precision(config: TrainingConfig, vocab_size: int,
   """(PrecisionChoice, the compiled model, its first step's seconds or None).
 
   For `auto` on a CPU with native bf16, each candidate is built from the same
-  seed and trained a few steps on real batches (training.time_steps: same
-  input pipeline as fit, so fit reuses the traced function). The winner's
-  weights, optimizer state and seeds are then put back as they were built, so
-  training starts exactly where an unmeasured run at that precision starts.
+  seed and timed (`_timed_steps`); the winner is put back as it was built.
   `bf16_flags` (tests) stands for the CPU's native bf16 flags.
   """
-  models: Dict[str, keras.Model] = {}
-  initial: Dict[str, List[Any]] = {}
-  first_step: Dict[str, float] = {}
+  measured = {}
 
   def time_candidates() -> Dict[str, float]:
-    ds = make_dataset(train_files, config.seq_length, config.batch_size, repeat=True,
-                      cache=False, num_windows=num_train,
-                      random_offsets=config.random_offsets, seed=seed)
-    batches = iter(ds)
-    steps = {}
-    for precision in training.AUTO_CANDIDATES:
-      model = models[precision] = _build_model(config, vocab_size, model_config, precision, seed)
-      model.optimizer.build(model.trainable_variables)
-      initial[precision] = [v.numpy() for v in model.variables + model.optimizer.variables]
-      model.make_train_function()
-
-      def step(model=model, precision=precision):
-        started = time.perf_counter()
-        logs = model.train_function(batches)
-        float(logs['loss'])                    # the step is done
-        first_step.setdefault(precision, time.perf_counter() - started)
-      steps[precision] = step
-    return training.time_steps(steps)
+    models = {p: _build_model(config, vocab_size, model_config, p, seed)
+              for p in training.AUTO_CANDIDATES}
+    timings, first_step, initial = _timed_steps(config, train_files, num_train, seed, models)
+    measured.update(models=models, first_step=first_step, initial=initial)
+    return timings
 
   choice = training.choose_precision(config.precision, time_candidates, bf16_flags=bf16_flags)
-  model = models.get(choice.precision)
-  if model is None:
+  if not measured:
     return choice, _build_model(config, vocab_size, model_config, choice.precision, seed), None
-  for variable, value in zip(model.variables + model.optimizer.variables,
-                             initial[choice.precision]):
-    variable.assign(value)
-  model.reset_metrics()
-  keras.utils.set_random_seed(seed)
-  return choice, model, first_step[choice.precision]
+  model = measured['models'][choice.precision]
+  _reset(model, measured['initial'][choice.precision], seed)
+  return choice, model, measured['first_step'][choice.precision]
+
+
+def _model_at_chosen_size(config: TrainingConfig, vocab_size: int, seed: int,
+                          train_files: List[str], num_train: Optional[int],
+                          precision: training.PrecisionChoice, model: keras.Model,
+                          first_step: Optional[float], clock: training.Clock):
+  """(SizeChoice, model, first step's seconds or None) for size by step time.
+
+  `model` is the largest size, built at the chosen precision. Its step time is
+  the precision measurement's when there was one, else a few steps are timed
+  here (~4 steps). Kept when it buys enough steps; otherwise the size
+  training.choose_size predicts is built (its first step traces in fit).
+  """
+  step_ms = (precision.timings_ms or {}).get(precision.precision)
+  if step_ms is None:
+    timings, first, initial = _timed_steps(config, train_files, num_train, seed,
+                                           {'largest': model}, training.SIZE_WARMUP_STEPS,
+                                           training.SIZE_TIMED_STEPS)
+    step_ms, first_step = timings['largest'], first['largest']
+    _reset(model, initial['largest'], seed)
+  ladder = training.size_ladder(config.rnn_units, config.min_rnn_units)
+  choice = training.choose_size(
+      ladder, step_ms, config.max_train_seconds - clock.elapsed(), config.min_budget_steps,
+      lambda units: training.step_cost(units, config.rnn_type, config.num_layers,
+                                       config.embedding_dim, vocab_size))
+  if choice.rnn_units == config.rnn_units:
+    return choice, model, first_step
+  sized = config.sized(choice.rnn_units)
+  return choice, _build_model(sized, vocab_size, _model_config(sized), precision.precision,
+                              seed), None
+
+
+def _model_config(config: TrainingConfig) -> Dict[str, Any]:
+  return {k: getattr(config, k) for k in model_lib.MODEL_CONFIG_KEYS}
 
 
 def steps_per_epoch(config: TrainingConfig, num_windows: Optional[int],
@@ -334,7 +419,6 @@ def run_fn(fn_args: FnArgs) -> None:
   custom = fn_args.custom_config
   config = TrainingConfig.from_custom_config(custom)
   vocab = CharVocab.load(custom['vocabulary_uri'])
-  model_config = {k: getattr(config, k) for k in model_lib.MODEL_CONFIG_KEYS}
   # Every record is read once up front: a truncated or corrupted shard stops the run
   # here, naming the file, instead of training on part of the data.
   num_train = examples_format.count_records(
@@ -344,16 +428,29 @@ def run_fn(fn_args: FnArgs) -> None:
   per_epoch = steps_per_epoch(config, num_train, fn_args.train_files)
 
   seed = config.seed if config.seed is not None else random.SystemRandom().randrange(2**31)
-  # `auto` times a few steps of each candidate here (inside the budget) and keeps
-  # the faster model, its first (tracing) step and its compiled train function.
-  choice, model, first_step_seconds = _model_at_chosen_precision(
-      config, len(vocab), model_config, seed, fn_args.train_files, num_train)
-  precision = choice.precision
-  logging.info('Compute precision: %s (%s)', precision, choice.reason)
-
   store = None
   if config.backup_every_steps and custom.get('backup_dir'):
     store = training.BackupStore(custom['backup_dir'])
+  size = _size_without_timing(config, store.newest_state() if store else None,
+                              fn_args.base_model, vocab)
+  if size is not None:
+    config = config.sized(size.rnn_units)
+  # `auto` times a few steps of each candidate here (inside the budget) and keeps
+  # the faster model, its first (tracing) step and its compiled train function.
+  choice, model, first_step_seconds = _model_at_chosen_precision(
+      config, len(vocab), _model_config(config), seed, fn_args.train_files, num_train)
+  precision = choice.precision
+  logging.info('Compute precision: %s (%s)', precision, choice.reason)
+  if size is None:
+    # Size by step time: the same kind of measurement, inside the budget.
+    size, model, first_step_seconds = _model_at_chosen_size(
+        config, len(vocab), seed, fn_args.train_files, num_train, choice, model,
+        first_step_seconds, clock)
+    config = config.sized(size.rnn_units)
+  # From here `config` is what trains: metrics.json's config says the size trained.
+  model_config = _model_config(config)
+  logging.info('Model size: %d units (%s)', config.rnn_units, size.reason)
+
   restored = store.restore(model) if store else None
   best_weights = None
   if restored:
@@ -363,7 +460,7 @@ def run_fn(fn_args: FnArgs) -> None:
     start_note = (f'resumed from the backup at step {state.step} (epoch {state.epoch + 1}, '
                   f'{state.elapsed_seconds:.0f} s already spent) in {store.directory}')
   else:
-    state = training.TrainingState(seed=seed)
+    state = training.TrainingState(seed=seed, rnn_units=config.rnn_units)
     start_note = _warm_start(model, fn_args.base_model, vocab, model_config)
   logging.info('Training %s', start_note)
   model.summary(print_fn=logging.info)
@@ -435,6 +532,8 @@ def run_fn(fn_args: FnArgs) -> None:
       'precision': precision,
       'precision_reason': choice.reason,
       'precision_timings_ms': choice.timings_ms,   # null when not measured
+      'rnn_units_reason': size.reason,             # size by step time (config.rnn_units)
+      'rnn_units_step_ms': size.step_ms,           # measured largest, predicted others
   }, eval_loss)
   if store:
     store.delete()

@@ -24,6 +24,10 @@ seed) and acts on it after every step:
 * precision (`choose_precision`): `auto` times a few training steps of each
   candidate (float32, mixed_bfloat16) on the machine it runs on and keeps the
   faster; CPU flags only decide whether bf16 is worth timing at all.
+* size (`choose_size`): under a time budget, the largest recurrent layer whose
+  measured step still leaves the budget `min_budget_steps` steps; a machine
+  that buys few steps trains a smaller model (bench/quality/explore.py: at
+  ~500 steps GRU-256 beats GRU-384, at 1,200+ GRU-384 wins).
 
 Allowed values of `precision` and `lr_schedule` live here, beside their code.
 """
@@ -61,6 +65,14 @@ LR_SCHEDULES: Dict[str, Optional[Callable[[float], float]]] = {
     'constant': None,
     'cosine': lambda progress: 0.5 * (1 + math.cos(math.pi * min(progress, 1.0))),
 }
+
+# Sizes `choose_size` considers: rnn_units, then this much smaller, down to
+# min_rnn_units (multiples of 64 suit SIMD widths and GPU tiles alike).
+SIZE_STEP_UNITS = 64
+# Steps timed on the largest size when precision was not measured: one untimed
+# (it traces), then the median of these.
+SIZE_WARMUP_STEPS = 1
+SIZE_TIMED_STEPS = 3
 
 STOP_EPOCHS = 'epochs'
 STOP_TIME_BUDGET = 'time_budget'
@@ -172,6 +184,65 @@ def choose_precision(precision: str, time_candidates: Callable[[], Dict[str, flo
   choice = pick_faster(time_candidates())
   choice.reason = f'auto on a CPU with {"+".join(flags)}: {choice.reason}'
   return choice
+
+
+@dataclasses.dataclass
+class SizeChoice:
+  """The recurrent layer's size and why; metrics.json records it."""
+  rnn_units: int
+  reason: str
+  step_ms: Optional[Dict[int, float]] = None     # measured (largest) and predicted, by size
+
+
+def size_ladder(largest: int, smallest: Optional[int]) -> List[int]:
+  """[largest, largest - 64, ..., smallest]: the sizes choose_size considers."""
+  if smallest is None or smallest >= largest:
+    return [largest]
+  sizes = list(range(largest, smallest, -SIZE_STEP_UNITS))
+  return sizes + [smallest]
+
+
+def step_cost(rnn_units: int, rnn_type: str, num_layers: int, embedding_dim: int,
+              vocab_size: int) -> float:
+  """Multiply-adds per character of the model's forward pass (the backward pass is
+  about twice that for every term alike): the gates' input and recurrent matmuls
+  of every layer, and the logits. Used only as a ratio between sizes."""
+  gates = 4 if rnn_type == 'lstm' else 3
+  cost, inputs = 0.0, embedding_dim
+  for _ in range(num_layers):
+    cost += gates * rnn_units * (inputs + rnn_units)
+    inputs = rnn_units
+  return cost + rnn_units * vocab_size
+
+
+def choose_size(ladder: List[int], largest_step_ms: float, seconds_left: float,
+                min_steps: int, cost: Callable[[int], float]) -> SizeChoice:
+  """The largest size of `ladder` whose step lets `seconds_left` buy `min_steps` steps.
+
+  The largest size's step is measured; the others' are predicted from it in
+  proportion to `cost(size)` (measured here: GRU-320 and GRU-256 take 0.72 and
+  0.55 of GRU-384's step, predicted 0.72 and 0.49). When no size buys enough,
+  the smallest.
+  """
+  if not (math.isfinite(largest_step_ms) and largest_step_ms > 0):
+    raise ValueError(f'step time {largest_step_ms!r} ms is not a duration')
+  top = ladder[0]
+  predicted = {units: round(largest_step_ms * cost(units) / cost(top), 2) for units in ladder}
+  predicted[top] = round(largest_step_ms, 2)
+  buys = {units: seconds_left * 1000.0 / ms for units, ms in predicted.items()}
+  chosen = next((u for u in ladder if buys[u] >= min_steps), ladder[-1])
+  how = (f'{top} units measured {largest_step_ms:.0f} ms/step: the {seconds_left:.0f} s left '
+         f'buy ~{buys[top]:.0f} steps')
+  if chosen == top:
+    why = f'{how}, at least min_budget_steps={min_steps}, so {top} units'
+  elif buys[chosen] >= min_steps:
+    why = (f'{how}, fewer than min_budget_steps={min_steps}; {chosen} units (predicted '
+           f'{predicted[chosen]:.0f} ms/step, ~{buys[chosen]:.0f} steps) is the largest that buys '
+           'enough')
+  else:
+    why = (f'{how}, fewer than min_budget_steps={min_steps}, and no size down to '
+           f'{chosen} buys enough: the smallest, {chosen} units (~{buys[chosen]:.0f} steps)')
+  return SizeChoice(chosen, why, predicted)
 
 
 def training_progress(step: int, total_steps: int, clock: 'Clock',
@@ -328,6 +399,7 @@ class TrainingState:
   best_val_loss: Optional[float] = None
   best_epoch: Optional[int] = None
   wait: int = 0
+  rnn_units: Optional[int] = None  # the size trained (choose_size): a resume keeps it
 
   def to_json(self) -> str:
     return json.dumps(dataclasses.asdict(self))
@@ -420,6 +492,16 @@ class BackupStore:
       if path != final and ('.tmp-' in name or self._NAME.match(name.rstrip('/'))):
         tf.io.gfile.rmtree(path)
     return final
+
+  def newest_state(self) -> Optional[TrainingState]:
+    """The newest complete backup's state (to rebuild the model it needs), or None."""
+    for path in self._complete():
+      try:
+        with tf.io.gfile.GFile(os.path.join(path, self.STATE)) as f:
+          return TrainingState.from_json(f.read())
+      except Exception as e:  # pylint: disable=broad-except
+        logging.warning('Backup %s: unreadable state (%s); trying an older one.', path, e)
+    return None
 
   def restore(self, model: keras.Model):
     """(state, best weights or None) from the newest backup that loads, or None."""

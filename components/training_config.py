@@ -162,6 +162,11 @@ class TrainingConfig:
   embedding_dim: int = setting(at_least(1))
   rnn_type: str = setting(one_of(_rnn_types))
   rnn_units: int = setting(at_least(1))
+  # Size by step time (training.choose_size): with a time budget, rnn_units may
+  # shrink (in steps of 64, not below min_rnn_units; None: fixed) until the
+  # budget buys min_budget_steps steps (0: off).
+  min_rnn_units: Optional[int] = setting(at_least(1))
+  min_budget_steps: int = setting(at_least(0))
   num_layers: int = setting(at_least(1))
   dropout: float = setting(in_range(0.0, 1.0))
   # Optimisation.
@@ -191,6 +196,13 @@ class TrainingConfig:
 
   def __post_init__(self):
     check_fields(self)
+    if self.min_rnn_units is not None and self.min_rnn_units > self.rnn_units:
+      raise ConfigError(f'min_rnn_units={self.min_rnn_units} is not allowed: min_rnn_units '
+                        f'must be <= rnn_units ({self.rnn_units}) (or None)')
+
+  def sized(self, rnn_units: int) -> 'TrainingConfig':
+    """This config with the size choose_size picked: what was trained."""
+    return dataclasses.replace(self, rnn_units=rnn_units)
 
   @classmethod
   def names(cls) -> Tuple[str, ...]:

@@ -103,6 +103,12 @@ class Preset:
   embedding_dim: int = 256
   rnn_type: str = 'gru'                 # gru | lstm
   rnn_units: int = 1024
+  # Size by step time: under max_train_seconds, the Trainer times a step of
+  # rnn_units and, when the budget would buy fewer than min_budget_steps steps,
+  # trains a smaller layer (rnn_units - 64, - 128, ... not below min_rnn_units;
+  # None: rnn_units always). metrics.json says which and why.
+  min_rnn_units: Optional[int] = None
+  min_budget_steps: int = 0
   num_layers: int = 1
   dropout: float = 0.0
   # Training.
