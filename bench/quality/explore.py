@@ -76,6 +76,13 @@ ARMS = {
     'carry_u512': {'carry': 1, 'units': 512, 'lr': 6e-3},
     'carry_u256': {'carry': 1, 'units': 256, 'lr': 1e-2},
     'base_u256': {'units': 256, 'lr': 1e-2},
+    # bench.quality's peer (the tutorial's recipe at GRU-256): Adam 5e-3 constant,
+    # no clipping, float32, embedding 256, re-cut windows.
+    'peer': {'emb': 256, 'units': 256, 'lr': 5e-3, 'schedule': 'constant', 'clipnorm': 0.0,
+             'precision': 'float32'},
+    # Shorter windows in bigger batches: the same characters per step, half the
+    # sequential timesteps, matmuls twice as tall.
+    'b128_seq50': {'batch': 128, 'seq': 50},
 }
 EVAL_WINDOW = 101     # the gate scores WindowGen's windows of 100 + 1 ids
 WARM_STREAMS = 16
@@ -84,10 +91,12 @@ WARM_STREAMS = 16
 class Arm:
   """One variant: its model, its data stream, its budget and its clock."""
 
-  def __init__(self, name, s, vocab_size, train, precision, budget_steps, budget_seconds):
+  def __init__(self, name, s, vocab_size, train, budget_steps, budget_seconds):
     self.name, self.s = name, s
-    self.budget_steps, self.budget_seconds = budget_steps, budget_seconds
-    keras.mixed_precision.set_global_policy(precision)
+    # An arm's own `steps` (e.g. its step count in equal quiet time) wins.
+    self.budget_steps = int(getattr(s, 'steps', 0) or budget_steps)
+    self.budget_seconds = budget_seconds
+    keras.mixed_precision.set_global_policy(s.precision)
     self.model = model_lib.build_keras_model(vocab_size, s.emb, s.rnn, s.units, s.layers,
                                              s.dropout)
     keras.mixed_precision.set_global_policy('float32')
@@ -171,7 +180,10 @@ def parse_arm(text):
   changes = {}
   for item in filter(None, spec.split(',')):
     key, _, value = item.partition(':')
-    changes[key] = float(value) if '.' in value or 'e' in value else int(value)
+    try:
+      changes[key] = float(value) if '.' in value or 'e' in value else int(value)
+    except ValueError:
+      changes[key] = value          # schedule:constant, precision:float32
   return name, changes
 
 
@@ -223,8 +235,8 @@ def main() -> None:
   built = []
   for name in names:
     keras.utils.set_random_seed(a.seed)     # the same initial weights where shapes agree
-    settings = argparse.Namespace(**dict(base, **arms[name]))
-    built.append(Arm(name, settings, len(vocab), train, precision, a.steps, a.seconds))
+    settings = argparse.Namespace(**{**base, 'precision': precision, **arms[name]})
+    built.append(Arm(name, settings, len(vocab), train, a.steps, a.seconds))
 
   # Turns, rotating who goes first so no arm always follows the same neighbour.
   turn = 0
@@ -240,7 +252,7 @@ def main() -> None:
 
   rows = []
   for arm in built:
-    zero, zero_covered, warm = eval_losses(arm, len(vocab), eval_windows, precision)
+    zero, zero_covered, warm = eval_losses(arm, len(vocab), eval_windows, arm.s.precision)
     rows.append({
         'tag': a.tag + arm.name, 'date': run.started.isoformat(timespec='seconds'),
         'mode': f'equal steps ({a.steps})' if a.steps else f'equal time ({a.seconds:g} s)',
@@ -251,7 +263,7 @@ def main() -> None:
         'ms_per_step': round(1000 * arm.seconds / max(arm.steps - 1, 1), 1),
         'epochs': round(arm.steps / arm.steps_per_epoch, 2),
         'last_train_loss': float(np.mean(arm.losses[-20:])),
-        'precision': precision, 'load_start': run.load_start, 'load_end': common.loadavg(),
+        'precision': arm.s.precision, 'load_start': run.load_start, 'load_end': common.loadavg(),
         'machine': {k: machine[k] for k in ('cpu_model', 'simd', 'cores')},
         'settings': vars(arm.s)})
   previous = {}

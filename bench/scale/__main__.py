@@ -63,7 +63,7 @@ def _measure(runner: str, sources, workdir: str, timeout: float):
 
 def _training_figures():
   """Multi-worker training chars/s, if a benchmark of it has been written."""
-  path = os.path.join(common.RESULTS_DIR, 'train_multiworker.json')
+  path = os.path.join(common.RESULTS_DIR, 'train_workers.json')   # bench.train.workers
   if not os.path.exists(path):
     return None
   with open(path) as f:
@@ -119,7 +119,8 @@ def main():
       'peak MiB: the largest RSS any single process reached during the stage (worker = '
       'largest of Beam/Dask worker processes; "-" when the driver did all the work).',
       'corpus: files = 8 files of size/8; big = one file, cut into 16 MiB byte ranges.',
-      'multi-worker training chars/s: ' + ('see train_multiworker.json' if training else
+      'multi-worker training chars/s: ' + ('train_workers.json, copied here as "training"'
+                                          if training else
                                           'missing: no multi-worker training benchmark yet'),
   ]
   path = run.write({'settings': {'sizes_mb': sizes, 'layouts': layouts, 'runners': runners,
