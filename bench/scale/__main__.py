@@ -70,6 +70,34 @@ def _training_figures():
     return json.load(f)
 
 
+def scaling(rows):
+  """Per (layout, runner) run at several sizes: how time per MB and peak memory change
+  from the smallest size to the largest (1.0: linear time, flat memory)."""
+  out = []
+  for key in sorted({(r['layout'], r['runner']) for r in rows}):
+    mine = sorted((r for r in rows if (r['layout'], r['runner']) == key),
+                  key=lambda r: r['size_mb'])
+    if len(mine) < 2:
+      continue
+    small, large = mine[0], mine[-1]
+
+    def ratio(field, small=small, large=large):
+      a, b = small[field], large[field]
+      return round(b / a, 2) if a and b else None
+
+    def peak(row, stage):
+      return max(v for v in (row[f'{stage}_driver_mib'], row[f'{stage}_worker_mib']) if v)
+    out.append({'layout': key[0], 'runner': key[1],
+                'sizes_mb': [small['size_mb'], large['size_mb']],
+                'ingest_s_per_mb_ratio': round((large['ingest_s'] / large['size_mb'])
+                                               / (small['ingest_s'] / small['size_mb']), 2),
+                'window_s_per_mb_ratio': round((large['window_s'] / large['size_mb'])
+                                               / (small['window_s'] / small['size_mb']), 2),
+                'ingest_peak_mib_ratio': round(peak(large, 'ingest') / peak(small, 'ingest'), 2),
+                'window_peak_mib_ratio': round(peak(large, 'window') / peak(small, 'window'), 2)})
+  return out
+
+
 def main():
   p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
   p.add_argument('--sizes', default='20,100', help='corpus sizes in MB, comma-separated')
@@ -77,18 +105,28 @@ def main():
   p.add_argument('--runners', default='direct1,direct2,dask2')
   p.add_argument('--data_dir', default=os.path.join(tempfile.gettempdir(), 'charrnn-bench-scale'))
   p.add_argument('--timeout', type=float, default=3600)
+  p.add_argument('--caps', default='',
+                 help='runner=MB,...: the largest size a runner is run at (e.g. direct2=100: '
+                      'the multi_processing DirectRunner runs ~1 MB/s here, hours at 1 GB); '
+                      'skipped rows are listed in the results')
   p.add_argument('--output', default=os.path.join(common.RESULTS_DIR, 'scale.json'))
   args = p.parse_args()
   sizes = [float(s) for s in args.sizes.split(',')]
   layouts = args.layouts.split(',')
   runners = args.runners.split(',')
 
+  caps = {k.strip(): float(v) for k, _, v in
+          (item.partition('=') for item in args.caps.split(',') if item.strip())}
   run = common.Run('scale')
-  rows = []
+  rows, skipped = [], []
   for size in sizes:
     corpora = _corpora(size, layouts, args.data_dir)
     for layout, sources in corpora.items():
       for runner in runners:
+        if size > caps.get(runner, float('inf')):
+          skipped.append({'size_mb': size, 'layout': layout, 'runner': runner,
+                          'why': f'--caps {runner}={caps[runner]:g}'})
+          continue
         load = common.loadavg()
         r = _measure(runner, sources, os.path.join(args.data_dir, 'work'), args.timeout)
         row = {'size_mb': size, 'layout': layout, 'files': len(sources), 'runner': runner,
@@ -123,12 +161,24 @@ def main():
                                           if training else
                                           'missing: no multi-worker training benchmark yet'),
   ]
+  growth = scaling(rows)
+  if growth:
+    text += '\n\nFrom the smallest size to the largest (1.0 = time linear in size, memory flat):\n'
+    text += common.table(growth, ['layout', 'runner', 'sizes_mb', 'ingest_s_per_mb_ratio',
+                                  'window_s_per_mb_ratio', 'ingest_peak_mib_ratio',
+                                  'window_peak_mib_ratio'],
+                         ['corpus', 'runner', 'MB', 'ingest s/MB x', 'window s/MB x',
+                          'ingest peak MiB x', 'window peak MiB x'])
+  if skipped:
+    notes.append('not run: ' + '; '.join(f'{r["runner"]} at {r["size_mb"]:g} MB {r["layout"]} '
+                                         f'({r["why"]})' for r in skipped))
   path = run.write({'settings': {'sizes_mb': sizes, 'layouts': layouts, 'runners': runners,
+                                 'caps_mb': caps,
                                  'files_per_corpus': FILES, 'seq_length': 100,
                                  'shard_chars': 4_000_000, 'normalization': 'NFC'},
                     'versions': common.versions('apache_beam', 'dask', 'distributed',
                                                 'tensorflow', 'tfx'),
-                    'rows': rows, 'training': training, 'notes': notes, 'table': text},
+                    'rows': rows, 'skipped': skipped, 'scaling': growth, 'training': training, 'notes': notes, 'table': text},
                    args.output)
   print()
   print(text)
