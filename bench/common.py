@@ -108,11 +108,24 @@ def versions(*modules: str) -> Dict[str, str]:
   return out
 
 
+def code_version() -> Optional[str]:
+  """The commit the benchmark ran (plus '+changes' when the tree differs), or None."""
+  try:
+    commit = subprocess.run(['git', 'rev-parse', '--short', 'HEAD'], cwd=REPO_DIR, check=True,
+                            capture_output=True, text=True).stdout.strip()
+    dirty = subprocess.run(['git', 'status', '--porcelain', '--untracked-files=no'],
+                           cwd=REPO_DIR, check=True, capture_output=True, text=True).stdout
+  except (OSError, subprocess.CalledProcessError):
+    return None
+  return commit + ('+changes' if dirty.strip() else '')
+
+
 class Run:
   """One benchmark run: stamps start/end conditions and writes the JSON."""
 
   def __init__(self, name: str):
     self.name = name
+    self.code_version = code_version()     # at the start: what ran
     self.started = datetime.datetime.now(datetime.timezone.utc)
     self.t0 = time.monotonic()
     self.load_start = loadavg()
@@ -122,6 +135,7 @@ class Run:
         'benchmark': self.name,
         'date': self.started.isoformat(timespec='seconds'),
         'command': command(),
+        'code_version': self.code_version,
         'machine': machine(),
         'loadavg_start': self.load_start,
         'loadavg_end': loadavg(),
