@@ -201,8 +201,15 @@ class TrainingConfig:
                         f'must be <= rnn_units ({self.rnn_units}) (or None)')
 
   def sized(self, rnn_units: int) -> 'TrainingConfig':
-    """This config with the size choose_size picked: what was trained."""
-    return dataclasses.replace(self, rnn_units=rnn_units)
+    """This config at the size choose_size picked: what trains.
+
+    learning_rate is the rate for rnn_units; a smaller size trains at
+    learning_rate * rnn_units / size, as Adam's best rate grows about inversely
+    with the width (muP). Measured here: GRU-384 best at 8e-3, GRU-256 at 1e-2 to
+    1.4e-2 (7e-3 lost 0.08 nats/char: bench/results/quality_explore.json, Z3eq2_).
+    """
+    return dataclasses.replace(self, rnn_units=rnn_units,
+                               learning_rate=self.learning_rate * self.rnn_units / rnn_units)
 
   @classmethod
   def names(cls) -> Tuple[str, ...]:

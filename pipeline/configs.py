@@ -106,7 +106,8 @@ class Preset:
   # Size by step time: under max_train_seconds, the Trainer times a step of
   # rnn_units and, when the budget would buy fewer than min_budget_steps steps,
   # trains a smaller layer (rnn_units - 64, - 128, ... not below min_rnn_units;
-  # None: rnn_units always). metrics.json says which and why.
+  # None: rnn_units always) at learning_rate * rnn_units / size (muP's rule for
+  # Adam). metrics.json says which size and why.
   min_rnn_units: Optional[int] = None
   min_budget_steps: int = 0
   num_layers: int = 1
@@ -190,15 +191,19 @@ PRESETS: Dict[str, Preset] = {
         sample_chars=40, backup_every_steps=5, progress_seconds=5.0,
         max_eval_loss_ratio=1.26, regression_tolerance=0.5),
     # The default: the best eval loss we reach in about 5 minutes of training on
-    # a 2-core CPU (bench/quality measures it; bench/quality/explore.py compared
-    # the alternatives): GRU-384 in bf16 where the CPU has it (1.5x the steps of
-    # GRU-512 in the same time, and better for it), a high learning rate made
-    # safe by clipping and annealed over the 5-minute budget, and windows re-cut
-    # at random offsets every epoch against the ~0.3 train/eval gap.
+    # a 2-core CPU (bench/quality measures it beside the tutorial's recipe;
+    # bench/quality/explore.py compared the alternatives): a high learning rate
+    # made safe by clipping and annealed over the 5-minute budget, windows re-cut
+    # at random offsets every epoch against the ~0.3 train/eval gap, and the
+    # size the machine can afford: GRU-384 where 5 minutes buy >= 800 steps (Zen 4
+    # in bf16: 1,200; it beats GRU-256 there by 0.03), else 320 or 256 (Zen 3 in
+    # float32 buys ~520 steps of 384, which then loses to GRU-256 by 0.03; the
+    # crossover lies near 800 steps).
     'cpu': Preset(
-        embedding_dim=64, rnn_units=384, batch_size=64, learning_rate=8e-3,
-        lr_schedule='cosine', min_lr_ratio=0.02, clipnorm=1.0, random_offsets=True,
-        epochs=50, max_train_seconds=300, max_eval_loss_ratio=0.55),
+        embedding_dim=64, rnn_units=384, min_rnn_units=256, min_budget_steps=800,
+        batch_size=64, learning_rate=8e-3, lr_schedule='cosine', min_lr_ratio=0.02,
+        clipnorm=1.0, random_offsets=True, epochs=50, max_train_seconds=300,
+        max_eval_loss_ratio=0.55),
     # The tutorial's exact settings: 256/1024 GRU, batch 64, Adam(1e-3), 20
     # epochs over non-overlapping 101-character chunks. For GPUs (where `auto`
     # precision is float32, as in the tutorial).

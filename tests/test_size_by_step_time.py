@@ -72,6 +72,20 @@ def _config(overrides=''):
   return TrainingConfig.from_settings(configs.get_preset('cpu', f'{SIZED}, {overrides}'))
 
 
+def test_a_smaller_size_trains_at_a_proportionally_higher_learning_rate():
+  config = _config('learning_rate=8e-3')
+  assert config.sized(384) == config
+  smaller = config.sized(256)
+  assert (smaller.rnn_units, smaller.learning_rate) == (256, pytest.approx(0.012))
+  assert smaller.min_rnn_units == 256 and smaller.min_budget_steps == 800
+
+
+def test_the_cpu_preset_sizes_by_step_time_from_384_down_to_256():
+  cpu = configs.get_preset('cpu')
+  assert (cpu.rnn_units, cpu.min_rnn_units, cpu.min_budget_steps) == (384, 256, 800)
+  assert cpu.max_train_seconds == 300
+
+
 def test_a_resumed_or_warm_started_run_keeps_its_size_without_timing(tmp_path):
   vocab = CharVocab.from_text('abcdef')
   config = _config()
@@ -110,6 +124,8 @@ def test_run_fn_trains_the_chosen_size_and_says_why_in_metrics(tiny_pipeline, tm
   _run_fn_here(args)
   metrics = _metrics(args)
   assert metrics['config']['rnn_units'] == units
+  # tiny's Adam 1e-2 is the rate for 96 units; 32 units train at 3x.
+  assert metrics['config']['learning_rate'] == pytest.approx(1e-2 * 96 / units)
   assert metrics['state_size'] == units
   assert metrics['config']['min_rnn_units'] == 32
   assert set(metrics['rnn_units_step_ms']) == {'96', '32'}
