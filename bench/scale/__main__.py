@@ -61,13 +61,21 @@ def _measure(runner: str, sources, workdir: str, timeout: float):
   raise RuntimeError(f'{" ".join(cmd)} failed ({proc.returncode}):\n{proc.stderr[-3000:]}')
 
 
+TRAINING_FILES = ('train_workers_gru256.json', 'train_workers.json')   # bench.train.workers
+
+
 def _training_figures():
-  """Multi-worker training chars/s, if a benchmark of it has been written."""
-  path = os.path.join(common.RESULTS_DIR, 'train_workers.json')   # bench.train.workers
-  if not os.path.exists(path):
-    return None
-  with open(path) as f:
-    return json.load(f)
+  """Multi-worker training (bench.train.workers), by result file, if it has been run."""
+  out = {}
+  for name in TRAINING_FILES:
+    path = os.path.join(common.RESULTS_DIR, name)
+    if os.path.exists(path):
+      with open(path) as f:
+        result = json.load(f)
+      out[name] = {k: result.get(k) for k in ('date', 'code_version', 'command', 'overrides',
+                                              'threads_per_worker_when_2', 'loadavg_start',
+                                              'loadavg_end', 'summary')}
+  return out or None
 
 
 def scaling(rows):
@@ -105,12 +113,30 @@ def main():
   p.add_argument('--runners', default='direct1,direct2,dask2')
   p.add_argument('--data_dir', default=os.path.join(tempfile.gettempdir(), 'charrnn-bench-scale'))
   p.add_argument('--timeout', type=float, default=3600)
+  p.add_argument('--training-only', action='store_true',
+                 help='only refresh the multi-worker training figures in --output from '
+                      'bench.train.workers\' latest results (nothing is measured)')
   p.add_argument('--caps', default='',
                  help='runner=MB,...: the largest size a runner is run at (e.g. direct2=100: '
                       'the multi_processing DirectRunner runs ~1 MB/s here, hours at 1 GB); '
                       'skipped rows are listed in the results')
   p.add_argument('--output', default=os.path.join(common.RESULTS_DIR, 'scale.json'))
   args = p.parse_args()
+  if args.training_only:
+    with open(args.output) as f:
+      results = json.load(f)
+    results['training'] = _training_figures()
+    results['notes'] = [n for n in results.get('notes', [])
+                        if not n.startswith('multi-worker training')] + [
+                            'multi-worker training chars/s: ' + ', '.join(results['training'] or
+                                                                          ['missing'])
+                            + ' (bench.train.workers; refreshed with --training-only)']
+    with open(args.output + '.tmp', 'w') as f:
+      json.dump(results, f, indent=1)
+      f.write('\n')
+    os.replace(args.output + '.tmp', args.output)
+    print(f'training figures in {args.output}: {sorted(results["training"] or [])}')
+    return
   sizes = [float(s) for s in args.sizes.split(',')]
   layouts = args.layouts.split(',')
   runners = args.runners.split(',')
@@ -157,7 +183,8 @@ def main():
       'peak MiB: the largest RSS any single process reached during the stage (worker = '
       'largest of Beam/Dask worker processes; "-" when the driver did all the work).',
       'corpus: files = 8 files of size/8; big = one file, cut into 16 MiB byte ranges.',
-      'multi-worker training chars/s: ' + ('train_workers.json, copied here as "training"'
+      'multi-worker training chars/s: ' + (', '.join(training) + ' (bench.train.workers), '
+                                          'their summaries copied here as "training"'
                                           if training else
                                           'missing: no multi-worker training benchmark yet'),
   ]
