@@ -104,9 +104,10 @@ def corpus_summary(corpus: types.Artifact) -> Dict[str, Any]:
                           if corpus.has_custom_property('fingerprint') else None)}
 
 
-def code_fingerprint(run_fn: str) -> str:
-  """The executor's and run_fn's code, with every project module they import."""
-  return code_version.fingerprint(__name__, run_fn.rpartition('.')[0])
+def code_fingerprint(run_fn: str, *executor_modules: str) -> str:
+  """The executor's and run_fn's code, with every project module they import
+  (`executor_modules`: another executor that wraps this one, e.g. Vertex's)."""
+  return code_version.fingerprint(__name__, run_fn.rpartition('.')[0], *executor_modules)
 
 
 class CharRnnTrainer(base_component.BaseComponent):

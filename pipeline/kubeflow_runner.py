@@ -126,7 +126,7 @@ def train_on_worker_pool(pipeline: tfx.dsl.Pipeline, workers: int, image: str,
                          project: str, region: str, machine_type: str) -> None:
   """Gives the Trainer TFX's Vertex AI launcher and the worker pool spec (module doc)."""
   from components import vertex_trainer  # pylint: disable=g-import-not-at-top
-  from components.trainer import CharRnnTrainer  # pylint: disable=g-import-not-at-top
+  from components.trainer import CharRnnTrainer, code_fingerprint  # pylint: disable=g-import-not-at-top
   trainers = [c for c in pipeline.components if isinstance(c, CharRnnTrainer)]
   if len(trainers) != 1:
     raise ValueError(f'expected one CharRnnTrainer in the pipeline, found {len(trainers)}')
@@ -134,6 +134,9 @@ def train_on_worker_pool(pipeline: tfx.dsl.Pipeline, workers: int, image: str,
   custom_config = json_utils.loads(trainer.exec_properties['custom_config'])
   custom_config.update(vertex_trainer.custom_config(project, region, image, workers,
                                                     machine_type))
+  # The launcher and the worker executor are code this Trainer now runs: part of its key.
+  custom_config['code_fingerprint'] = code_fingerprint(trainer.exec_properties['run_fn'],
+                                                       vertex_trainer.__name__)
   trainer.exec_properties['custom_config'] = json_utils.dumps(custom_config)
   trainer.executor_spec = executor_spec.ExecutorClassSpec(vertex_trainer.Executor)
 

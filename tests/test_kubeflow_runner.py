@@ -305,6 +305,10 @@ def test_trainer_workers_compile_the_trainer_onto_a_vertex_worker_pool(pool_spec
     assert pool['machine_spec'] == {'machine_type': MACHINE_TYPE}
   # The training settings are still all there, for run_fn on each worker.
   assert config['batch_size'] == 30
+  # The Vertex executors' code is in the Trainer's cache key too.
+  run_fn = configs.TRAINER_RUN_FN
+  assert config['code_fingerprint'] == trainer.code_fingerprint(run_fn, vertex_trainer.__name__)
+  assert config['code_fingerprint'] != trainer.code_fingerprint(run_fn)
   assert set(vertex_trainer.LAUNCHER_KEYS) >= {
       k for k in config if k.startswith('ai_platform_')}
 
