@@ -278,6 +278,7 @@ def render(run: runs.RunRecord, plots_file: str = PLOTS_FILE) -> str:
                                   'batch_size', 'seq_length', 'learning_rate', 'lr_schedule')
                                  if k in config))],
           ['precision', _e(metrics.get('precision', '—'))],
+          ['model size', _e(metrics.get('rnn_units_reason', '—'))],
           ['start', _e(metrics.get('start', '—'))],
           ['history from', _e(history.get('source', '—'))],
           ['TensorBoard', f'<code>{_e(run.model_run_dir() or "—")}</code> '

@@ -46,6 +46,9 @@ def test_report_shows_the_runs_own_figures(tiny_report):
   assert f'{len(run.vocabulary())} symbols' in page and len(run.vocabulary()) > 60
   metrics = run.metrics()
   assert f'<td>steps</td><td>{metrics["train_steps"]:,}</td>' in page
+  # tiny has no size by step time: the report says its size was set, and why.
+  assert metrics['rnn_units_reason'] == 'rnn_units as set (size by step time is off)'
+  assert f'<td>model size</td><td>{metrics["rnn_units_reason"]}</td>' in page
   for component in ('CorpusIngest', 'VocabularyGen', 'WindowGen', 'ServedModel',
                     'CharRnnTrainer', 'EvaluationGate', 'Pusher'):
     assert f'<td>{component}</td>' in page
