@@ -17,9 +17,8 @@ import datetime
 import logging as std_logging
 import os
 import sys
-import time
 import traceback
-from typing import List, Optional
+from typing import List, Optional, Sequence
 
 # `tfx pipeline create --pipeline_path=pipeline/local_runner.py` executes this
 # file with pipeline/ first on sys.path, where `pipeline` would mean
@@ -70,13 +69,26 @@ def root_cause(error: BaseException) -> BaseException:
   return error
 
 
-def failed_component(metadata_path: str, error: BaseException, since: float = 0.0) -> str:
-  """The component whose execution failed in the run begun after `since` (ML Metadata),
-  else what the traceback says."""
+def known_runs(metadata_path: str) -> List[str]:
+  """The pipeline runs ML Metadata holds now ([] when there is no store yet)."""
+  if not os.path.exists(metadata_path):
+    return []
+  try:
+    from pipeline import runs
+    return runs.run_ids(runs.open_store(metadata_path))
+  except Exception:  # pylint: disable=broad-except
+    return []
+
+
+def failed_component(metadata_path: str, error: BaseException,
+                     earlier_runs: Sequence[str] = ()) -> str:
+  """The component whose execution failed in this run (the newest in ML Metadata,
+  unless it is one of `earlier_runs`, i.e. this run never started), else what
+  the traceback says."""
   try:
     from pipeline import runs
     run = runs.read_run(runs.open_store(metadata_path))
-    if run.started < since:
+    if run.run_id in earlier_runs:
       raise LookupError('the newest run in ML Metadata is an earlier one')
     if run.failed_component:
       return run.failed_component
@@ -133,13 +145,15 @@ def main(output_dir: str = configs.OUTPUT_DIR, **build_kwargs) -> int:
   handler = _log_to_file(output_dir)
   log_path = handler.baseFilename
   metadata_path = configs.metadata_path(output_dir)
-  started = time.time() - 1   # ML Metadata's times are in ms; allow for rounding
+  # Runs already recorded: a failure before this run starts is not blamed on them
+  # (their times cannot tell: two runs can start within the same second).
+  earlier_runs = known_runs(metadata_path)
   try:
     try:
       run(output_dir, **build_kwargs)
     except Exception as error:  # pylint: disable=broad-except
       _append(handler, 'The run failed:\n' + traceback.format_exc())   # the file, not the console
-      line = failure_line(failed_component(metadata_path, error, started), error, log_path)
+      line = failure_line(failed_component(metadata_path, error, earlier_runs), error, log_path)
       sys.stdout.flush()
       print(line, file=sys.stderr, flush=True)
       return 1
