@@ -195,12 +195,13 @@ PRESETS: Dict[str, Preset] = {
     # bench/quality/explore.py compared the alternatives): a high learning rate
     # made safe by clipping and annealed over the 5-minute budget, windows re-cut
     # at random offsets every epoch against the ~0.3 train/eval gap, and the
-    # size the machine can afford: GRU-384 where 5 minutes buy >= 800 steps (Zen 4
-    # in bf16: 1,200; it beats GRU-256 there by 0.03), else 320 or 256 (Zen 3 in
-    # float32 buys ~520 steps of 384, which then loses to GRU-256 by 0.03; the
-    # crossover lies near 800 steps).
+    # size the machine can afford: GRU-384 where 5 minutes buy >= 1,000 steps
+    # (Zen 4 in bf16: 1,150-1,250; it beats GRU-256 there by 0.03), else 320 or
+    # 256 (Zen 3 in float32 buys 520-970 steps of 384, which then loses: in equal
+    # time GRU-256 by 0.03 at ~520 steps; GRU-384 after 816 steps led the
+    # tutorial's recipe by 0.039, GRU-320 after 1,012 and 1,358 by 0.062 and 0.054).
     'cpu': Preset(
-        embedding_dim=64, rnn_units=384, min_rnn_units=256, min_budget_steps=800,
+        embedding_dim=64, rnn_units=384, min_rnn_units=256, min_budget_steps=1000,
         batch_size=64, learning_rate=8e-3, lr_schedule='cosine', min_lr_ratio=0.02,
         clipnorm=1.0, random_offsets=True, epochs=50, max_train_seconds=300,
         max_eval_loss_ratio=0.55),

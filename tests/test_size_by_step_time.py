@@ -82,7 +82,7 @@ def test_a_smaller_size_trains_at_a_proportionally_higher_learning_rate():
 
 def test_the_cpu_preset_sizes_by_step_time_from_384_down_to_256():
   cpu = configs.get_preset('cpu')
-  assert (cpu.rnn_units, cpu.min_rnn_units, cpu.min_budget_steps) == (384, 256, 800)
+  assert (cpu.rnn_units, cpu.min_rnn_units, cpu.min_budget_steps) == (384, 256, 1000)
   assert cpu.max_train_seconds == 300
 
 
