@@ -236,7 +236,7 @@ def run(fn_args: FnArgs, cluster: Cluster) -> None:
                per_worker)
 
   vocab = CharVocab.load(custom['vocabulary_uri'])
-  model_config = {k: getattr(config, k) for k in model_lib.MODEL_CONFIG_KEYS}
+  model_config = trainer_module._model_config(config)  # pylint: disable=protected-access
   num_train = examples_format.count_records(
       trainer_module._matching(fn_args.train_files), custom.get('num_windows_train'))  # pylint: disable=protected-access
   num_eval = examples_format.count_records(

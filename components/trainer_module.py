@@ -220,9 +220,7 @@ def _size_without_timing(config: TrainingConfig, resuming: Optional[training.Tra
   base, _ = _served_keras_config(base_model_dir)
   if base is not None and base['tokens'] == vocab.tokens:
     served = base['model_config'].get('rnn_units')
-    ours = {k: getattr(config.sized(served), k) for k in model_lib.MODEL_CONFIG_KEYS} \
-        if served in ladder else None
-    if ours == base['model_config']:
+    if served in ladder and _model_config(config.sized(served)) == base['model_config']:
       return training.SizeChoice(served, 'the served model\'s size, to warm-start from it')
   return None
 

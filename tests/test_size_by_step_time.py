@@ -101,8 +101,7 @@ def test_a_resumed_or_warm_started_run_keeps_its_size_without_timing(tmp_path):
   choice = trainer_module._size_without_timing(config, resumed, None, vocab)
   assert (choice.rnn_units, choice.reason) == (256, 'the size of the run this one resumes')
   # A served model of a size on the ladder, same vocabulary: warm-start at its size.
-  served = {k: getattr(config.sized(320), k) for k in
-            ('embedding_dim', 'rnn_type', 'rnn_units', 'num_layers', 'dropout')}
+  served = trainer_module._model_config(config.sized(320))
   _, base_dir = _base_model_dir(tmp_path / 'a', vocab.tokens, served)
   choice = trainer_module._size_without_timing(config, None, base_dir, vocab)
   assert (choice.rnn_units, choice.reason) == (320, "the served model's size, to warm-start "
