@@ -59,12 +59,24 @@ for the chief's export in a last all-reduce and all tasks leave together: a
 worker that exits first leaves the chief's coordination service waiting for
 its heartbeat to time out (minutes) before the chief's process can end.
 
-Not done on this path (said plainly): step backups and resume after a kill
-(backup_every_steps is ignored: a killed worker fails the whole job, which
-restarts from scratch or from the served model when warm_start is on), and
-precision mixed_float16 (it needs loss scaling in the loop; refused with an
-error), and size by step time (min_rnn_units: rnn_units trains, with a
-warning). Warm starts work: every worker loads the same served weights.
+Step backups and resume: every `backup_every_steps` steps and at each epoch's
+end the chief writes a backup (training.BackupStore: weights, Adam's slots in
+optimizer.npz since this loop's optimizer is not the model's own, the state,
+the best weights) to `backup_dir`, which must be storage every worker reads
+(the pipeline root: gs:// on Vertex AI). Reading the mirrored variables is a
+local read, as for the export, so the other workers do not take part. A job
+that is killed and started again (a retried Trainer, or Vertex AI restarting
+the whole job when a replica's machine restarts: `vertex_trainer` asks for it)
+resumes: the chief picks the newest backup that loads, every worker loads that
+same one, and all check together that each of them did (a worker that cannot
+read the chief's backup is an error naming the directory, raised on every
+worker at once, not a hang). The data stream restarts at the backup's step with
+its seed, so the resumed job trains on the batches the uninterrupted one would.
+
+Not done on this path (said plainly): precision mixed_float16 (it needs loss
+scaling in the loop; refused with an error), and size by step time
+(min_rnn_units: rnn_units trains, with a warning). Warm starts work: every
+worker loads the same served weights.
 """
 
 import dataclasses
@@ -250,10 +262,6 @@ def run(fn_args: FnArgs, cluster: Cluster) -> None:
   if len(training.size_ladder(config.rnn_units, config.min_rnn_units)) > 1:
     logging.warning('Size by step time is not applied with several workers: training '
                     '%d units (rnn_units).', config.rnn_units)
-  if config.backup_every_steps and custom.get('backup_dir'):
-    logging.warning('Step backups are not written with several workers '
-                    '(backup_every_steps=%d ignored): a killed job starts again.',
-                    config.backup_every_steps)
 
   # The same seed on every worker: the same initial weights (MWMS also copies
   # the chief's) and the same data stream, of which each keeps its rows.
@@ -271,7 +279,26 @@ def run(fn_args: FnArgs, cluster: Cluster) -> None:
       optimizer.build(model.trainable_variables)
   finally:
     keras.mixed_precision.set_global_policy(previous_policy)
-  start_note = trainer_module._warm_start(model, fn_args.base_model, vocab, model_config)  # pylint: disable=protected-access
+
+  def agree(value: float) -> float:
+    """The chief's value, on every worker (a tiny all-reduce)."""
+    return _all_sum(strategy, value if chief else 0.0)
+
+  # Backups are read by every worker from the chief's directory, written by the chief.
+  store = None
+  if config.backup_every_steps and custom.get('backup_dir'):
+    store = training.BackupStore(custom['backup_dir'])
+  restored = _restore(strategy, store, model, optimizer, chief, agree) if store else None
+  best_weights = None
+  if restored:
+    state, best_weights = restored
+    state.resumed_from_step = state.step
+    clock.spent_before = state.elapsed_seconds
+    start_note = (f'resumed from the backup at step {state.step} (epoch {state.epoch + 1}, '
+                  f'{state.elapsed_seconds:.0f} s already spent) in {store.directory}')
+  else:
+    state = training.TrainingState(seed=seed, rnn_units=config.rnn_units)
+    start_note = trainer_module._warm_start(model, fn_args.base_model, vocab, model_config)  # pylint: disable=protected-access
   start_note += f' ({STRATEGY_NAME}, {workers} workers)'
   logging.info('Training %s', start_note)
 
@@ -284,10 +311,11 @@ def run(fn_args: FnArgs, cluster: Cluster) -> None:
     return lambda x, y: (x[lo:lo + per_worker], y[lo:lo + per_worker])
 
   def train_input(input_context):
+    # From the state's step on (0, or a backup's): the uninterrupted run's batches.
     ds = trainer_module.make_dataset(
         fn_args.train_files, seq_length, global_batch, shuffle_buffer=config.shuffle_buffer,
         repeat=True, cache=config.steps_per_epoch is None, num_windows=num_train,
-        random_offsets=config.random_offsets, seed=seed)
+        random_offsets=config.random_offsets, seed=state.seed, skip_batches=state.step)
     return ds.map(rows(input_context))
 
   def eval_input(input_context):
@@ -334,20 +362,16 @@ def run(fn_args: FnArgs, cluster: Cluster) -> None:
     iterator = iter(eval_data)
     return sum(float(eval_step(iterator)) for _ in range(eval_batches)) / eval_batches
 
-  def agree(value: float) -> float:
-    """The chief's value, on every worker (a tiny all-reduce)."""
-    return float(strategy.reduce(tf.distribute.ReduceOp.SUM, strategy.run(
-        lambda: tf.constant(value if chief else 0.0)), axis=None))
-
   # Where this worker's logs go: the ModelRun for the chief, a scratch directory
   # (removed at the end) for the others.
   scratch = None if chief else tempfile.mkdtemp(prefix=f'char-rnn-{cluster.task_type}'
                                                        f'-{cluster.task_index}-')
   log_dir = fn_args.model_run_dir if chief else scratch
   try:
-    state, eval_loss, loop_seconds = _train(
-        config, clock, strategy, model, per_epoch, eval_batches, train_iter, train_step,
-        validate, agree, chief, vocab, model_config, log_dir, seed)
+    eval_loss, loop_seconds = _train(
+        config, clock, model, per_epoch, eval_batches, train_iter, train_step, validate, agree,
+        chief, vocab, model_config, log_dir, state, best_weights,
+        _Backups(store, model, optimizer, clock) if store and chief else None)
   finally:
     if scratch:
       shutil.rmtree(scratch, ignore_errors=True)
@@ -360,7 +384,7 @@ def run(fn_args: FnArgs, cluster: Cluster) -> None:
   chars_per_second = state.step * chars_per_batch / max(loop_seconds, 1e-9)
   trainer_module.export(fn_args, model, vocab, model_config, config, state, clock, {
       'train_seconds': clock.elapsed(),
-      'resumed_from_step': 0,                     # this path writes no backups
+      'resumed_from_step': state.resumed_from_step,
       'start': start_note,
       'precision': precision,
       # This path's own figures.
@@ -373,6 +397,8 @@ def run(fn_args: FnArgs, cluster: Cluster) -> None:
       'chars_per_second': chars_per_second,       # all workers together
       'chars_per_second_per_worker': chars_per_second / workers,
   }, eval_loss)
+  if store:
+    store.delete()
   logging.info('Eval loss %.4f nats/char after %d steps on %d workers (%s, %.0f chars/s); '
                'model exported to %s', eval_loss, state.step, workers, state.stop_reason,
                chars_per_second, fn_args.serving_model_dir)
@@ -382,18 +408,52 @@ def run(fn_args: FnArgs, cluster: Cluster) -> None:
   agree(0.0)
 
 
+def _all_sum(strategy, value: float) -> float:
+  """The sum of every worker's `value` (an all-reduce; float64, exact below 2**53)."""
+  return float(strategy.reduce(tf.distribute.ReduceOp.SUM, strategy.run(
+      lambda: tf.constant(value, tf.float64)), axis=None))
+
+
 def _agree_seed(strategy, chief: bool) -> int:
   """A fresh seed drawn by the chief, the same on every worker."""
-  drawn = random.SystemRandom().randrange(2**31) if chief else 0
-  return int(strategy.reduce(tf.distribute.ReduceOp.SUM, strategy.run(
-      lambda: tf.constant(drawn, tf.float64)), axis=None))   # exact below 2**53
+  return int(_all_sum(strategy, random.SystemRandom().randrange(2**31) if chief else 0))
 
 
-def _train(config, clock, strategy, model, per_epoch, eval_batches, train_iter, train_step,
-           validate, agree, chief, vocab, model_config, log_dir, seed):
-  """The loop; returns (state, final eval loss, seconds spent in train steps)."""
-  del strategy
-  state = training.TrainingState(seed=seed)
+def _restore(strategy, store: training.BackupStore, model, optimizer, chief: bool, agree):
+  """(state, best weights) of the chief's newest backup that loads, loaded on every
+  worker; None when there is none. Raises on every worker when one cannot load it."""
+  restored = store.restore(model, optimizer) if chief else None
+  step = int(agree(restored[0].step if restored else -1))
+  if step < 0:
+    return None
+  if not chief:
+    restored = store.restore(model, optimizer, step=step)
+  missing = int(_all_sum(strategy, 0 if restored else 1))
+  if missing:
+    raise RuntimeError(
+        f'{missing} worker(s) could not load the chief\'s backup at step {step} in '
+        f'{store.directory}: backup_dir must be storage every worker reads (the pipeline '
+        'root, e.g. gs://...), not a directory on each machine')
+  return restored
+
+
+class _Backups:
+  """The chief's step backups (BackupStore with this loop's own optimizer)."""
+
+  def __init__(self, store: training.BackupStore, model, optimizer, clock: training.Clock):
+    self.store, self._model, self._optimizer, self._clock = store, model, optimizer, clock
+
+  def save(self, state: training.TrainingState, best_weights) -> None:
+    state.elapsed_seconds = self._clock.elapsed()
+    self.store.save(self._model, state, best_weights, optimizer=self._optimizer)
+
+
+def _train(config, clock, model, per_epoch, eval_batches, train_iter, train_step, validate,
+           agree, chief, vocab, model_config, log_dir, state, best_weights, backups):
+  """The loop, from `state` on; returns (final eval loss, seconds spent in train steps).
+
+  `backups`: the chief's _Backups (None on the other workers and when off).
+  """
   budget = training.Budget(config.max_train_seconds, clock, eval_batches,
                            sample=config.sample_chars > 0 and chief)
   ceiling = config.divergence_loss_ratio * math.log(len(vocab))
@@ -429,7 +489,6 @@ def _train(config, clock, strategy, model, per_epoch, eval_batches, train_iter, 
           f'training diverged at step {state.step} (epoch {state.epoch + 1}): {what} is '
           f'{why}; lower learning_rate (now {config.learning_rate:g}) or set clipnorm')
 
-  best_weights = None
   loop_seconds = 0.0
   first = True
   try:
@@ -464,6 +523,10 @@ def _train(config, clock, strategy, model, per_epoch, eval_batches, train_iter, 
           progress.step(elapsed, state.step, state.epoch,
                         state.epoch_loss_sum / state.batch_in_epoch, lr, elapsed,
                         budget.left())
+        # The epoch's last step is backed up at the epoch's end, with its validation.
+        if (backups and not stop and state.step % config.backup_every_steps == 0
+            and state.batch_in_epoch < per_epoch):
+          backups.save(state, best_weights)
       # The epoch's end (or a stop mid-epoch): validate, sample, record.
       started = clock.now()
       val_loss = validate()
@@ -507,10 +570,14 @@ def _train(config, clock, strategy, model, per_epoch, eval_batches, train_iter, 
         logging.info('Time budget: stopping after epoch %d (%.0f s elapsed).', epoch + 1,
                      elapsed)
         state.stop_reason = training.STOP_TIME_BUDGET
+      if backups:
+        backups.save(state, best_weights)
   except training.TrainingDivergedError as e:
     logging.error('%s', e)
     if chief:
       training.write_history(log_dir, state, config.max_train_seconds)
+    if backups:
+      backups.store.delete()   # the same settings would only diverge again
     raise
   finally:
     summaries.close()
@@ -519,4 +586,4 @@ def _train(config, clock, strategy, model, per_epoch, eval_batches, train_iter, 
   state.stop_reason = state.stop_reason or training.STOP_EPOCHS
 
   eval_loss = training.final_eval_loss(model, state, best_weights, config.learning_rate)
-  return state, eval_loss, loop_seconds
+  return eval_loss, loop_seconds

@@ -444,15 +444,21 @@ def write_history(directory: str, state: TrainingState, budget_seconds: Optional
 
 # --------------------------------------------------------------- backups
 class BackupStore:
-  """Step backups in one directory: <dir>/step-<n>/{model.weights.h5, best.npz, state.json}.
+  """Step backups in one directory: <dir>/step-<n>/{model.weights.h5, best.npz,
+  optimizer.npz, state.json}.
 
   A backup is written under a temporary name and renamed into place once
   complete (state.json last), then older ones are deleted: a kill at any moment
   leaves at least one complete backup. `restore` takes the newest that loads.
+
+  The weights file holds the optimizer's slots when the optimizer is the
+  model's own (compiled, as fit trains); a custom loop's optimizer (the
+  multi-worker path's) is passed as `optimizer` and goes to optimizer.npz.
   """
 
   _NAME = re.compile(r'step-(\d+)$')
-  WEIGHTS, BEST, STATE = 'model.weights.h5', 'best.npz', 'state.json'
+  WEIGHTS, BEST, OPTIMIZER, STATE = ('model.weights.h5', 'best.npz', 'optimizer.npz',
+                                     'state.json')
 
   def __init__(self, directory: str):
     self.directory = directory
@@ -467,18 +473,23 @@ class BackupStore:
             if tf.io.gfile.exists(os.path.join(self.directory, n, self.STATE))]
 
   def save(self, model: keras.Model, state: TrainingState,
-           best_weights: Optional[List[np.ndarray]] = None) -> str:
+           best_weights: Optional[List[np.ndarray]] = None,
+           optimizer: Optional[keras.optimizers.Optimizer] = None) -> str:
     name = f'step-{state.step:09d}'
     tmp = os.path.join(self.directory, f'{name}.tmp-{os.getpid()}-{time.time_ns()}')
     tf.io.gfile.makedirs(tmp)
     local = tempfile.mkdtemp(prefix='char-rnn-backup-')
+    arrays = {self.BEST: best_weights,
+              self.OPTIMIZER: None if optimizer is None else [
+                  np.asarray(v.numpy()) for v in optimizer.variables]}
     try:
       # h5 needs a local file; the backup may be on gs://.
       model.save_weights(os.path.join(local, self.WEIGHTS))
       tf.io.gfile.copy(os.path.join(local, self.WEIGHTS), os.path.join(tmp, self.WEIGHTS))
-      if best_weights is not None:
-        np.savez(os.path.join(local, self.BEST), *best_weights)
-        tf.io.gfile.copy(os.path.join(local, self.BEST), os.path.join(tmp, self.BEST))
+      for file_name, values in arrays.items():
+        if values is not None:
+          np.savez(os.path.join(local, file_name), *values)
+          tf.io.gfile.copy(os.path.join(local, file_name), os.path.join(tmp, file_name))
     finally:
       shutil.rmtree(local, ignore_errors=True)
     with tf.io.gfile.GFile(os.path.join(tmp, self.STATE), 'w') as f:
@@ -503,28 +514,51 @@ class BackupStore:
         logging.warning('Backup %s: unreadable state (%s); trying an older one.', path, e)
     return None
 
-  def restore(self, model: keras.Model):
-    """(state, best weights or None) from the newest backup that loads, or None."""
+  def restore(self, model: keras.Model, optimizer: Optional[keras.optimizers.Optimizer] = None,
+              step: Optional[int] = None):
+    """(state, best weights or None) from the newest backup that loads, or None.
+
+    `optimizer`: a custom loop's (built) optimizer, restored from optimizer.npz.
+    `step`: that backup only (the multi-worker path restores the chief's choice).
+    """
     for path in self._complete():
+      if step is not None and int(self._NAME.match(os.path.basename(path)).group(1)) != step:
+        continue
       local = tempfile.mkdtemp(prefix='char-rnn-restore-')
       try:
         with tf.io.gfile.GFile(os.path.join(path, self.STATE)) as f:
           state = TrainingState.from_json(f.read())
         tf.io.gfile.copy(os.path.join(path, self.WEIGHTS), os.path.join(local, self.WEIGHTS))
-        if model.optimizer is not None and not model.optimizer.built:
-          model.optimizer.build(model.trainable_variables)   # so its slots load too
+        own = getattr(model, 'optimizer', None)   # a model never compiled has none
+        if own is not None and not own.built:
+          own.build(model.trainable_variables)     # so its slots load too
         model.load_weights(os.path.join(local, self.WEIGHTS))
-        best = None
-        if tf.io.gfile.exists(os.path.join(path, self.BEST)):
-          tf.io.gfile.copy(os.path.join(path, self.BEST), os.path.join(local, self.BEST))
-          with np.load(os.path.join(local, self.BEST)) as arrays:
-            best = [arrays[f'arr_{i}'] for i in range(len(arrays.files))]
-        return state, best
+        if optimizer is not None:
+          slots = self._arrays(path, local, self.OPTIMIZER)
+          if slots is None or len(slots) != len(optimizer.variables):
+            raise ValueError(f'{self.OPTIMIZER} holds {0 if slots is None else len(slots)} '
+                             f'arrays for the optimizer\'s {len(optimizer.variables)} variables')
+          for variable, value in zip(optimizer.variables, slots):
+            if tuple(variable.shape) != value.shape:
+              raise ValueError(f'{self.OPTIMIZER}: {variable.path} is {tuple(variable.shape)} '
+                               f'here, {value.shape} in the backup')
+            variable.assign(value)
+        return state, self._arrays(path, local, self.BEST)
       except Exception as e:  # pylint: disable=broad-except
-        logging.warning('Backup %s does not load (%s); trying an older one.', path, e)
+        logging.warning('Backup %s does not load (%s)%s', path, e,
+                        '; trying an older one.' if step is None else '.')
       finally:
         shutil.rmtree(local, ignore_errors=True)
     return None
+
+  @staticmethod
+  def _arrays(path: str, local: str, file_name: str) -> Optional[List[np.ndarray]]:
+    """The arrays of np.savez file `file_name` in backup `path` (copied to `local`), or None."""
+    if not tf.io.gfile.exists(os.path.join(path, file_name)):
+      return None
+    tf.io.gfile.copy(os.path.join(path, file_name), os.path.join(local, file_name))
+    with np.load(os.path.join(local, file_name)) as arrays:
+      return [arrays[f'arr_{i}'] for i in range(len(arrays.files))]
 
   def delete(self) -> None:
     if tf.io.gfile.exists(self.directory):

@@ -43,14 +43,18 @@ def training_args(project: str, image: str, workers: int, machine_type: str) -> 
 
   Vertex AI calls worker pool 0 'chief' and pool 1 'worker' in each replica's
   TF_CONFIG; every replica runs the pipeline image (the extension sets its
-  command).
+  command). When a replica's machine restarts (maintenance, a crash), Vertex AI
+  restarts the whole job (`restart_job_on_worker_restart`): a collective job
+  cannot take one worker back mid-step, and a restarted job resumes from the
+  chief's newest step backup (components/multiworker.py).
   """
   if workers < 2:
     raise ValueError(f'a Trainer worker pool needs at least 2 workers, not {workers}')
   pool = {'machine_spec': {'machine_type': machine_type}, 'container_spec': {'image_uri': image}}
   return {'project': project,
           'job_spec': {'worker_pool_specs': [dict(pool, replica_count=1),
-                                             dict(pool, replica_count=workers - 1)]}}
+                                             dict(pool, replica_count=workers - 1)],
+                       'scheduling': {'restart_job_on_worker_restart': True}}}
 
 
 def custom_config(project: str, region: str, image: str, workers: int,

@@ -328,6 +328,12 @@ def test_the_custom_job_runs_the_worker_executor_in_the_image_on_every_replica(p
                                    dict(config['ai_platform_training_args']), None, None)
   pools = job['job_spec']['worker_pool_specs']
   assert [p['replica_count'] for p in pools] == [1, 2]
+  # The request body the Vertex AI client builds from it (its own proto types):
+  # a restarted replica restarts the whole job, which resumes from the step backups.
+  from google.cloud import aiplatform_v1
+  request = aiplatform_v1.CustomJob(job)
+  assert request.job_spec.scheduling.restart_job_on_worker_restart is True
+  assert [p.replica_count for p in request.job_spec.worker_pool_specs] == [1, 2]
   for pool in pools:
     command = pool['container_spec']['command']
     assert command[:5] == ['python', '-m', 'tfx.scripts.run_executor', '--executor_class_path',

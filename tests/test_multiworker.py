@@ -342,3 +342,69 @@ def test_the_chiefs_time_budget_stops_every_worker_after_the_same_step(tmp_path_
   with open(os.path.join(args['run'], 'history.json')) as f:
     rates = [p['learning_rate'] for p in json.load(f)['steps']]
   assert rates == sorted(rates, reverse=True) and rates[-1] < rates[0]
+
+
+@slow
+def test_a_killed_two_worker_job_resumes_from_the_chiefs_backup_with_the_same_result(
+    tmp_path_factory, inputs):
+  """Both processes SIGKILLed mid-epoch (a job restart); the same job again finishes from the
+  chief's newest backup, with the uninterrupted job's step losses. A worker that cannot read
+  that backup stops the job with an error, on every worker, instead of diverging or hanging."""
+  import sys  # pylint: disable=g-import-not-at-top
+  examples, preset = inputs
+  settings = dict(preset.training_config(), epochs=2, steps_per_epoch=30,
+                  backup_every_steps=5, sample_chars=0)
+
+  def job(name, backup_dir):
+    workdir = str(tmp_path_factory.mktemp(name))
+    return workdir, worker_cluster.run_fn_args(examples, workdir,
+                                               dict(settings, backup_dir=backup_dir))
+
+  def finish(workdir, args, expect_ok=True):
+    cluster = worker_cluster.Cluster(args, 2, workdir)
+    codes = cluster.wait(timeout=400)
+    for i, code in enumerate(codes):
+      assert (code == 0) == expect_ok, f'task {i} exited with {code}:\n{cluster.tail(i)}'
+    return cluster
+
+  backup_root = str(tmp_path_factory.mktemp('backups'))
+  reference_dir, reference = job('reference', os.path.join(backup_root, 'reference'))
+  finish(reference_dir, reference)
+  assert _metrics(reference)['resumed_from_step'] == 0
+  assert _metrics(reference)['train_steps'] == 60
+  assert not os.path.exists(reference['config']['backup_dir'])   # deleted after the export
+
+  backup_dir = os.path.join(backup_root, 'killed')
+  killed_dir, killed = job('killed', backup_dir)
+  cluster = worker_cluster.Cluster(killed, 2, killed_dir)
+  step = worker_cluster.kill_at_backup(cluster.procs, backup_dir, min_step=35)   # in epoch 2
+  assert step is not None, 'no backup before the job ended:\n' + cluster.tail(0)
+  assert not os.path.exists(os.path.join(killed['serving'], 'saved_model.pb'))
+  [newest] = sorted(n for n in os.listdir(backup_dir) if '.tmp-' not in n)[-1:]
+  assert set(os.listdir(os.path.join(backup_dir, newest))) == {
+      'model.weights.h5', 'optimizer.npz', 'state.json'}
+
+  # The worker's backup_dir is not the chief's (a directory on each machine).
+  elsewhere = dict(killed, config=dict(killed['config'],
+                                       backup_dir=os.path.join(backup_root, 'elsewhere')))
+  commands = [[sys.executable, '-c', worker_cluster.RUN_FN, json.dumps(a)]
+              for a in (killed, elsewhere)]
+  unshared_dir = str(tmp_path_factory.mktemp('unshared'))
+  unshared = worker_cluster.Cluster({}, 2, unshared_dir, commands=commands)
+  for i, code in enumerate(unshared.wait(timeout=400)):
+    assert code != 0
+    assert "1 worker(s) could not load the chief's backup at step" in unshared.tail(i), i
+  assert not os.path.exists(os.path.join(killed['serving'], 'saved_model.pb'))
+  assert newest in os.listdir(backup_dir)                 # restoring took nothing away
+
+  resumed = finish(killed_dir, killed)
+  metrics = _metrics(killed)
+  assert metrics['resumed_from_step'] >= step
+  assert metrics['train_steps'] == 60 and metrics['stop_reason'] == 'epochs'
+  assert f'resumed from the backup at step {metrics["resumed_from_step"]}' in resumed.tail(
+      1, 20000)
+  assert not os.path.exists(backup_dir)
+  # Weights, Adam's slots and the data stream all carried over: the same losses, step by
+  # step (the history spans the killed execution's steps and the resumed one's).
+  np.testing.assert_allclose(_step_losses(killed), _step_losses(reference), rtol=1e-4)
+  assert metrics['eval_loss'] == pytest.approx(_metrics(reference)['eval_loss'], rel=1e-4)

@@ -24,6 +24,7 @@ import tensorflow as tf
 from components import examples_format, training
 from components.training_config import TrainingConfig
 from pipeline import configs
+from tests import worker_cluster
 from tests.conftest import REPO_DIR, run_local_pipeline
 
 SLOW = os.environ.get('CHAR_RNN_SLOW_TESTS') == '1'
@@ -289,6 +290,55 @@ def test_backups_are_atomic_and_a_broken_newest_falls_back_to_the_previous(tmp_p
   assert store.restore(fresh) is None
 
 
+def _custom_loop_model():
+  """A model trained by its own loop (as the multi-worker path does): no compiled optimizer."""
+  model = keras.Sequential([keras.Input((None,), dtype='int32'), keras.layers.Embedding(8, 4),
+                            keras.layers.GRU(4, return_sequences=True), keras.layers.Dense(8)])
+  optimizer = keras.optimizers.Adam(1e-2)
+  optimizer.build(model.trainable_variables)
+  return model, optimizer
+
+
+def _custom_steps(model, optimizer, steps):
+  x, y = _data()
+  loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+  for _ in range(steps):
+    with tf.GradientTape() as tape:
+      value = loss(y, model(x))
+    optimizer.apply_gradients(zip(tape.gradient(value, model.trainable_variables),
+                                  model.trainable_variables))
+
+
+def test_a_custom_loops_optimizer_is_backed_up_beside_the_weights_and_restored(tmp_path):
+  model, optimizer = _custom_loop_model()
+  _custom_steps(model, optimizer, 2)
+  store = training.BackupStore(str(tmp_path / 'backup'))
+  path = store.save(model, training.TrainingState(seed=1, step=2), optimizer=optimizer)
+  assert sorted(os.listdir(path)) == ['model.weights.h5', 'optimizer.npz', 'state.json']
+  saved = [v.numpy() for v in optimizer.variables]
+
+  fresh, fresh_optimizer = _custom_loop_model()
+  state, best = store.restore(fresh, fresh_optimizer)
+  assert state.step == 2 and best is None
+  assert int(fresh_optimizer.iterations.numpy()) == 2
+  for a, b in zip(fresh_optimizer.variables, saved):
+    np.testing.assert_array_equal(a.numpy(), b)
+  # The same next step as the model that was backed up.
+  _custom_steps(model, optimizer, 1)
+  _custom_steps(fresh, fresh_optimizer, 1)
+  for a, b in zip(fresh.weights, model.weights):
+    np.testing.assert_array_equal(a.numpy(), b.numpy())
+
+  # Only the backup asked for (the multi-worker chief's choice), and only a whole one.
+  assert store.restore(fresh, fresh_optimizer, step=3) is None
+  assert store.restore(fresh, fresh_optimizer, step=2)[0].step == 2
+  other = keras.optimizers.SGD(1e-2)                   # not the optimizer backed up
+  other.build(fresh.trainable_variables)
+  assert store.restore(fresh, other) is None
+  os.remove(os.path.join(path, store.OPTIMIZER))
+  assert store.restore(fresh, fresh_optimizer) is None
+
+
 # ------------------------------------------------------------------- resume
 def _artifacts(tiny_pipeline):
   root = tiny_pipeline.pipeline_root
@@ -345,22 +395,11 @@ def _metrics(args):
 
 def _kill_at_backup(proc, backup_dir, min_step, timeout=300):
   """SIGKILLs `proc` as soon as a complete backup at step >= min_step exists; its step."""
-  deadline = time.monotonic() + timeout
-  while time.monotonic() < deadline:
-    for path in glob.glob(os.path.join(backup_dir, 'step-*', 'state.json')):
-      name = os.path.basename(os.path.dirname(path))
-      if '.tmp-' in name:
-        continue                    # still being written (renamed into place when complete)
-      step = int(name.split('-')[1])
-      if step >= min_step:
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
-        return step
-    if proc.poll() is not None:
-      pytest.fail(f'the run ended before it could be killed: {_tail(proc)}')
-    time.sleep(0.02)
-  proc.kill()
-  pytest.fail('no backup appeared in time')
+  step = worker_cluster.kill_at_backup([proc], backup_dir, min_step, timeout)
+  if step is None:
+    pytest.fail(f'the run ended, or wrote no backup at step {min_step} in time, before it '
+                f'could be killed: {_tail(proc)}')
+  return step
 
 
 OVERRIDES = 'epochs=4, steps_per_epoch=20, backup_every_steps=5, sample_chars=20'

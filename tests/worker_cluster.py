@@ -10,6 +10,7 @@ layout (components.corpus_ingest.ingest), a Vocabulary, and WindowGen's
 TFRecords (its executor on the in-memory DirectRunner).
 """
 
+import glob
 import json
 import os
 import socket
@@ -32,6 +33,35 @@ trainer_module.run_fn(FnArgs(train_files=[a["train"]], eval_files=[a["eval"]],
                              serving_model_dir=a["serving"], model_run_dir=a["run"],
                              custom_config=a["config"], base_model=a.get("base_model")))
 '''
+
+
+def kill_at_backup(procs: List[subprocess.Popen], backup_dir: str, min_step: int,
+                   timeout: float = 300) -> Optional[int]:
+  """SIGKILLs every process in `procs` as soon as a complete step backup at step >=
+  `min_step` is in `backup_dir` (training.BackupStore's layout); returns that step.
+
+  None when a process ended first or no such backup appeared within `timeout`
+  (everything still running is killed then too).
+  """
+  deadline = time.monotonic() + timeout
+  try:
+    while time.monotonic() < deadline:
+      for path in glob.glob(os.path.join(backup_dir, 'step-*', 'state.json')):
+        name = os.path.basename(os.path.dirname(path))
+        if '.tmp-' in name:
+          continue                  # still being written (renamed into place when complete)
+        step = int(name.split('-')[1])
+        if step >= min_step:
+          return step
+      if any(proc.poll() is not None for proc in procs):
+        return None
+      time.sleep(0.02)
+    return None
+  finally:
+    for proc in procs:
+      if proc.poll() is None:
+        proc.kill()
+      proc.wait()
 
 
 def free_ports(n: int) -> List[int]:
