@@ -289,14 +289,10 @@ def run(fn_args: FnArgs, cluster: Cluster) -> None:
   if config.backup_every_steps and custom.get('backup_dir'):
     store = training.BackupStore(custom['backup_dir'])
   restored = _restore(strategy, store, model, optimizer, chief, agree) if store else None
-  best_weights = None
   if restored:
-    state, best_weights = restored
-    state.resumed_from_step = state.step
-    clock.spent_before = state.elapsed_seconds
-    start_note = (f'resumed from the backup at step {state.step} (epoch {state.epoch + 1}, '
-                  f'{state.elapsed_seconds:.0f} s already spent) in {store.directory}')
+    state, best_weights, start_note = store.resumed(restored, clock)
   else:
+    best_weights = None
     state = training.TrainingState(seed=seed, rnn_units=config.rnn_units)
     start_note = trainer_module._warm_start(model, fn_args.base_model, vocab, model_config)  # pylint: disable=protected-access
   start_note += f' ({STRATEGY_NAME}, {workers} workers)'

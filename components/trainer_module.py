@@ -450,14 +450,10 @@ def run_fn(fn_args: FnArgs) -> None:
   logging.info('Model size: %d units (%s)', config.rnn_units, size.reason)
 
   restored = store.restore(model) if store else None
-  best_weights = None
   if restored:
-    state, best_weights = restored
-    state.resumed_from_step = state.step
-    clock.spent_before = state.elapsed_seconds
-    start_note = (f'resumed from the backup at step {state.step} (epoch {state.epoch + 1}, '
-                  f'{state.elapsed_seconds:.0f} s already spent) in {store.directory}')
+    state, best_weights, start_note = store.resumed(restored, clock)
   else:
+    best_weights = None
     state = training.TrainingState(seed=seed, rnn_units=config.rnn_units)
     start_note = _warm_start(model, fn_args.base_model, vocab, model_config)
   logging.info('Training %s', start_note)

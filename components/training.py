@@ -564,6 +564,16 @@ class BackupStore:
     if tf.io.gfile.exists(self.directory):
       tf.io.gfile.rmtree(self.directory)
 
+  def resumed(self, restored, clock: Clock):
+    """(state, best weights, how training starts) for `restore`'s result: the
+    state marked as resumed, and the time it had spent counted on `clock`."""
+    state, best_weights = restored
+    state.resumed_from_step = state.step
+    clock.spent_before = state.elapsed_seconds
+    return state, best_weights, (
+        f'resumed from the backup at step {state.step} (epoch {state.epoch + 1}, '
+        f'{state.elapsed_seconds:.0f} s already spent) in {self.directory}')
+
 
 # -------------------------------------------------------------- progress
 class Progress:
