@@ -30,7 +30,8 @@ under `strategy.run`, with the same settings as the single-process path:
 * loss: each worker sums its rows' per-character losses and divides by the
   global batch's characters; the all-reduced gradient is then the gradient of
   the global mean, as in `fit`. clipnorm clips that summed gradient (one more
-  all-reduce per step when clipnorm > 0), not each worker's part;
+  all-reduce per step when clipnorm > 0), not each worker's part
+  (_clip_by_global_norm_per_variable);
 * the learning-rate schedule, the time budget (training.Budget, Clock), the
   divergence ceiling (training.divergence), early stopping, history.json
   (training.TrainingState, write_history), progress lines (training.Progress)
@@ -217,6 +218,29 @@ class _Summaries:
     self._validation.close()
 
 
+def _clip_by_global_norm_per_variable(ctx, grads, clipnorm: float) -> list:
+  """Each worker's part of Keras's clipnorm applied to the global gradient.
+
+  Keras clips each variable's gradient to norm <= clipnorm. Here every worker scales its
+  own part by the factor the *global* (summed) gradient calls for, and Adam sums the
+  parts: the sum is the clipped global gradient. The embedding's gradient is
+  IndexedSlices, one slice per character of the batch, and Keras measures (and Adam's
+  second moment squares) those slices, not the dense rows they add up to: its norm is
+  the root of the workers' summed squares and its slices stay slices, so that
+  the update is the single-process one, not merely close to it."""
+  local = [tf.reduce_sum(tf.square(g.values)) if isinstance(g, tf.IndexedSlices) else g
+           for g in grads]
+  total = ctx.all_reduce(tf.distribute.ReduceOp.SUM, local)
+  clipped = []
+  for g, t in zip(grads, total):
+    sparse = isinstance(g, tf.IndexedSlices)
+    norm = tf.sqrt(t if sparse else tf.reduce_sum(tf.square(t)))
+    factor = clipnorm / tf.maximum(norm, clipnorm)
+    clipped.append(tf.IndexedSlices(g.values * factor, g.indices, g.dense_shape) if sparse
+                   else g * factor)
+  return clipped
+
+
 def run(fn_args: FnArgs, cluster: Cluster) -> None:
   """run_fn on one task of a multi-worker cluster (see the module doc)."""
   clock = training.Clock()   # the time budget counts from here, as in run_fn
@@ -338,9 +362,7 @@ def run(fn_args: FnArgs, cluster: Cluster) -> None:
         loss = batch_loss(x, y, True)
       grads = tape.gradient(loss, model.trainable_variables)
       if config.clipnorm:
-        # Clip the global gradient, as fit does; Adam then sums the (equal) shares.
-        grads = ctx.all_reduce(tf.distribute.ReduceOp.SUM, grads)
-        grads = [tf.clip_by_norm(g, config.clipnorm) / workers for g in grads]
+        grads = _clip_by_global_norm_per_variable(ctx, grads, config.clipnorm)
       optimizer.apply_gradients(zip(grads, model.trainable_variables))
       return loss, agreed
     x, y = next(iterator)
