@@ -27,6 +27,8 @@ NO_GPU_NOTE = 'no GPU available this session'
 
 def _cpuinfo() -> Dict[str, Any]:
   model, flags, mhz = platform.processor() or 'unknown', [], None
+  # A VM's model name is often just 'AMD EPYC': the family tells Zen 3/4 (25) from Zen 5 (26).
+  family = model_id = None
   try:
     with open('/proc/cpuinfo') as f:
       for line in f:
@@ -38,11 +40,16 @@ def _cpuinfo() -> Dict[str, Any]:
           flags = value.split()
         elif key == 'cpu MHz' and mhz is None:
           mhz = float(value)
+        elif key == 'cpu family' and family is None:
+          family = int(value)
+        elif key == 'model' and model_id is None:
+          model_id = int(value)
   except OSError:
     pass
   simd = [f for f in ('avx2', 'fma', 'avx512f', 'avx512_bf16', 'amx_bf16', 'amx_tile')
           if f in flags]
-  return {'cpu_model': model, 'cpu_mhz': mhz, 'simd': simd}
+  return {'cpu_model': model, 'cpu_family': family, 'cpu_model_id': model_id, 'cpu_mhz': mhz,
+          'simd': simd}
 
 
 def _mem_total_gib() -> Optional[float]:

@@ -56,9 +56,12 @@ TARGET_MARGIN = 0.05   # nats/char the preset must beat the peer by
 
 
 def cpu_kind(machine: Dict[str, Any]) -> str:
-  """A file-name slug for the CPU kind: model name and its best SIMD for this work."""
+  """A file-name slug for the CPU kind: model name, family (a VM's 'AMD EPYC' is Zen 3, 4
+  or 5) and its best SIMD for this work."""
   name = re.sub(r'\(r\)|\(tm\)|cpu|processor|@.*$', ' ', machine['cpu_model'].lower())
   name = '-'.join(re.findall(r'[a-z0-9]+', name)) or 'unknown-cpu'
+  if machine.get('cpu_family') is not None:
+    name += f'-f{machine["cpu_family"]}'
   simd = machine.get('simd') or []
   best = next((tag for flag, tag in (('amx_bf16', 'amx'), ('avx512_bf16', 'avx512bf16'),
                                      ('avx512f', 'avx512'), ('avx2', 'avx2'))
