@@ -127,8 +127,8 @@ def test_run_fn_stays_on_the_single_process_path_for_a_single_task(monkeypatch):
 # How closely one process and two workers agree. They sum the same numbers in another
 # order (the first step's loss already differs by 2e-6), and Adam's first steps are
 # ~lr * sign(g): an element whose gradient is near zero takes a full step either way.
-# Measured on an AVX2 EPYC: steps within 9e-5, the eval loss 1.5e-4 (another CPU stayed
-# under 1e-4). A real fault is far bigger: a wrong clip of the embedding moved steps 6e-2.
+# Measured on a Zen 5 EPYC: steps within 9e-5, the eval loss 1.5e-4 (Zen 3 stayed under
+# 1e-4). A real fault is far bigger: a wrong clip of the embedding moved steps 6e-2.
 ORDER_RTOL = 5e-4
 def _corpus_text(num_chars: int) -> str:
   """Lines of test_model.TEXT's words in random order: exactly its characters."""
