@@ -74,6 +74,9 @@ read the chief's backup is an error naming the directory, raised on every
 worker at once, not a hang). The data stream restarts at the backup's step with
 its seed, so the resumed job trains on the batches the uninterrupted one would.
 
+Precision `auto` is measured by the chief as run_fn measures it, and every worker
+takes the chief's choice (_agreed_precision).
+
 Not done on this path (said plainly): precision mixed_float16 (it needs loss
 scaling in the loop; refused with an error), and size by step time
 (min_rnn_units: rnn_units trains, with a warning). Warm starts work: every
@@ -255,8 +258,7 @@ def run(fn_args: FnArgs, cluster: Cluster) -> None:
   chief = cluster.is_chief
   custom = fn_args.custom_config
   config = TrainingConfig.from_custom_config(custom)
-  precision = training.resolve_precision(config.precision)
-  if precision == 'mixed_float16':
+  if config.precision == 'mixed_float16':
     raise ValueError('precision mixed_float16 is not supported with several workers '
                      '(it needs loss scaling in the custom loop): use float32 or '
                      'mixed_bfloat16')
@@ -290,6 +292,10 @@ def run(fn_args: FnArgs, cluster: Cluster) -> None:
   # The same seed on every worker: the same initial weights (MWMS also copies
   # the chief's) and the same data stream, of which each keeps its rows.
   seed = config.seed if config.seed is not None else _agree_seed(strategy, chief)
+  choice = _agreed_precision(strategy, chief, config, len(vocab), model_config, seed,
+                             fn_args.train_files, num_train)
+  precision = choice.precision
+  logging.info('Compute precision: %s (%s)', precision, choice.reason)
   keras.utils.set_random_seed(seed)
   previous_policy = keras.mixed_precision.global_policy()
   keras.mixed_precision.set_global_policy(precision)
@@ -405,6 +411,8 @@ def run(fn_args: FnArgs, cluster: Cluster) -> None:
       'resumed_from_step': state.resumed_from_step,
       'start': start_note,
       'precision': precision,
+      'precision_reason': choice.reason,
+      'precision_timings_ms': choice.timings_ms,   # the chief's; null when not measured
       # This path's own figures.
       'strategy': STRATEGY_NAME,
       'workers': workers,
@@ -430,6 +438,29 @@ def _all_sum(strategy, value: float) -> float:
   """The sum of every worker's `value` (an all-reduce; float64, exact below 2**53)."""
   return float(strategy.reduce(tf.distribute.ReduceOp.SUM, strategy.run(
       lambda: tf.constant(value, tf.float64)), axis=None))
+
+
+def _agreed_precision(strategy, chief: bool, config: TrainingConfig, vocab_size: int,
+                      model_config, seed: int, train_files, num_train) -> training.PrecisionChoice:
+  """The compute precision, the same on every worker: the chief's choice.
+
+  `auto` is decided as run_fn decides it: on a CPU with native bf16 the chief times a
+  few steps of each candidate (a local model outside the strategy, on the global batch)
+  and keeps the faster. Only the chief measures, and every worker takes its answer: two
+  workers timing for themselves could choose differently, and replicas computing in
+  different dtypes would each train a different model."""
+  if config.precision != 'auto':
+    return training.choose_precision(config.precision, time_candidates=dict)  # not called
+  choice = None
+  if chief:
+    choice, _, _ = trainer_module._model_at_chosen_precision(  # pylint: disable=protected-access
+        config, vocab_size, model_config, seed, train_files, num_train)
+  index = int(_all_sum(strategy, training.AUTO_CANDIDATES.index(choice.precision)
+                       if chief else 0))
+  if chief:
+    return choice
+  return training.PrecisionChoice(training.AUTO_CANDIDATES[index],
+                                  "auto: the chief's choice (it measures, workers follow)")
 
 
 def _agree_seed(strategy, chief: bool) -> int:
