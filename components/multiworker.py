@@ -449,18 +449,17 @@ def _agreed_precision(strategy, chief: bool, config: TrainingConfig, vocab_size:
   and keeps the faster. Only the chief measures, and every worker takes its answer: two
   workers timing for themselves could choose differently, and replicas computing in
   different dtypes would each train a different model."""
-  if config.precision != 'auto':
-    return training.choose_precision(config.precision, time_candidates=dict)  # not called
-  choice = None
-  if chief:
-    choice, _, _ = trainer_module._model_at_chosen_precision(  # pylint: disable=protected-access
-        config, vocab_size, model_config, seed, train_files, num_train)
+  def time_candidates():
+    return trainer_module._time_candidates(  # pylint: disable=protected-access
+        config, vocab_size, model_config, seed, train_files, num_train)[0]
+
+  if config.precision != 'auto':   # the preset's: the same on every worker, never timed
+    return training.choose_precision(config.precision, time_candidates)
+  choice = training.choose_precision('auto', time_candidates) if chief else None
   index = int(_all_sum(strategy, training.AUTO_CANDIDATES.index(choice.precision)
                        if chief else 0))
-  if chief:
-    return choice
-  return training.PrecisionChoice(training.AUTO_CANDIDATES[index],
-                                  "auto: the chief's choice (it measures, workers follow)")
+  return choice or training.PrecisionChoice(
+      training.AUTO_CANDIDATES[index], "auto: the chief's choice (it measures, workers follow)")
 
 
 def _agree_seed(strategy, chief: bool) -> int:

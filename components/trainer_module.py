@@ -308,6 +308,17 @@ def _timed_steps(config: TrainingConfig, train_files: List[str], num_train: Opti
   return training.time_steps(steps, warmup, timed), first_step, initial
 
 
+def _time_candidates(config: TrainingConfig, vocab_size: int, model_config: Dict[str, Any],
+                     seed: int, train_files: List[str], num_train: Optional[int]):
+  """Each of training.AUTO_CANDIDATES built from `seed` and timed (`_timed_steps`):
+  ({name: median ms per step}, {name: model}, {name: first step's seconds},
+  {name: initial values})."""
+  models = {p: _build_model(config, vocab_size, model_config, p, seed)
+            for p in training.AUTO_CANDIDATES}
+  timings, first_step, initial = _timed_steps(config, train_files, num_train, seed, models)
+  return timings, models, first_step, initial
+
+
 def _model_at_chosen_precision(config: TrainingConfig, vocab_size: int,
                                model_config: Dict[str, Any], seed: int,
                                train_files: List[str], num_train: Optional[int],
@@ -321,9 +332,8 @@ def _model_at_chosen_precision(config: TrainingConfig, vocab_size: int,
   measured = {}
 
   def time_candidates() -> Dict[str, float]:
-    models = {p: _build_model(config, vocab_size, model_config, p, seed)
-              for p in training.AUTO_CANDIDATES}
-    timings, first_step, initial = _timed_steps(config, train_files, num_train, seed, models)
+    timings, models, first_step, initial = _time_candidates(
+        config, vocab_size, model_config, seed, train_files, num_train)
     measured.update(models=models, first_step=first_step, initial=initial)
     return timings
 
