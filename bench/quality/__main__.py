@@ -4,6 +4,7 @@
   .venv/bin/python -m bench.quality --pairs 2        # A B B A: pipeline, peer, peer, pipeline
   .venv/bin/python -m bench.quality --quick          # plumbing: 30 s budgets, ~4 min
   .venv/bin/python -m bench.quality --no-peer [--overrides k=v,... ...]
+  .venv/bin/python -m bench.quality --in-process     # every side in this one process
 
 Runs the whole local pipeline (fresh output directory, so nothing is cached) on
 the tutorial's corpus and reports what the EvaluationGate measured on the pushed
@@ -22,6 +23,12 @@ evaluation, stopping early enough for that evaluation to fit), and scored on the
 same eval windows. Both models are scored by one scorer here too (Keras, float32,
 every eval window from a zero state, as the gate's `score` does).
 
+Each pipeline run and each peer runs in a fresh Python process (bench/quality/side.py),
+as `tfx run create` starts one per run: no run inherits the threads, traced
+functions or memory of the ones before it (`--in-process`, the earlier way, runs
+them all in this process; its fifth training once spent 28 s in an export that
+takes < 2 s alone).
+
 Why the peer runs here: the preset's lead depends on the machine (its step time,
 whether bf16 is native), so it only means something measured side by side.
 Results go to bench/results/quality_<cpu kind>.json (the CPU model and its best
@@ -35,6 +42,8 @@ import json
 import math
 import os
 import re
+import subprocess
+import sys
 import tempfile
 import time
 from typing import Any, Dict
@@ -43,6 +52,7 @@ import keras
 
 from bench import common
 from components import training
+from components.text import CharVocab
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 CORPUS = os.path.join(REPO, 'data', 'tinyshakespeare.txt')
@@ -154,7 +164,6 @@ def run_peer(artifacts: Dict[str, Any], budget_seconds: float, seed: int = 0):
   """The tutorial's recipe on the pipeline's Examples, for `budget_seconds` of wall time."""
   from bench.tutorial import MyModel  # pylint: disable=g-import-not-at-top
   from components import examples_format, trainer_module  # pylint: disable=g-import-not-at-top
-  from components.text import CharVocab  # pylint: disable=g-import-not-at-top
 
   load_start = common.loadavg()
   clock = training.Clock()                     # as run_fn's: from before the model exists
@@ -194,6 +203,19 @@ def run_peer(artifacts: Dict[str, Any], budget_seconds: float, seed: int = 0):
             'eval_seconds': elapsed - train_seconds, 'eval_windows': int(len(windows)),
             'seed': seed}
   return row, detail, windows, len(vocab)
+
+
+def in_fresh_process(side: str, **kwargs) -> Dict[str, Any]:
+  """bench/quality/side.py's result for run_pipeline or run_peer run with `kwargs`."""
+  with tempfile.TemporaryDirectory(prefix='bench-quality-side-') as tmp:
+    result = os.path.join(tmp, 'result.json')
+    done = subprocess.run([sys.executable, '-m', 'bench.quality.side', side,
+                           json.dumps(kwargs), result], cwd=REPO, check=False)
+    if done.returncode or not os.path.exists(result):
+      raise SystemExit(f'bench.quality: the {side} side failed (exit {done.returncode}); '
+                       'its output is above')
+    with open(result) as f:
+      return json.load(f)
 
 
 class _PeerBudget(training.Budget):
@@ -240,6 +262,9 @@ def main() -> None:
                            'a drift in the machine\'s load hits both sides alike')
   parser.add_argument('--quick', action='store_true',
                       help=f'plumbing check: {QUICK_SECONDS} s budgets for both sides')
+  parser.add_argument('--in-process', dest='fresh', action='store_false',
+                      help='run every pipeline and peer in this process instead of a fresh '
+                           'process each (as `tfx run create` does)')
   parser.add_argument('--output', default=None,
                       help='results JSON (default bench/results/quality_<cpu kind>[_quick].json)')
   args = parser.parse_args()
@@ -268,7 +293,12 @@ def main() -> None:
     first = None
     for overrides, _ in variants:
       output_dir = tempfile.mkdtemp(prefix='bench-quality-')
-      row, detail, found = run_pipeline(args.preset, overrides, args.corpus, output_dir)
+      if args.fresh:
+        side = in_fresh_process('pipeline', preset=args.preset, overrides=overrides,
+                                corpus=args.corpus, output_dir=output_dir)
+        row, detail, found = side['row'], side['detail'], side['artifacts']
+      else:
+        row, detail, found = run_pipeline(args.preset, overrides, args.corpus, output_dir)
       rows.append(row)
       details.append(detail)
       print(common.table([row], list(row)), flush=True)
@@ -277,7 +307,13 @@ def main() -> None:
     return first
 
   def peer():
-    row, detail, windows, vocab_size = run_peer(artifacts, budget)
+    if args.fresh:
+      side = in_fresh_process('peer', artifacts=artifacts, budget_seconds=budget)
+      row, detail = side['row'], side['detail']
+      windows = eval_windows(artifacts['examples'])
+      vocab_size = len(CharVocab.load(artifacts['vocabulary']))
+    else:
+      row, detail, windows, vocab_size = run_peer(artifacts, budget)
     rows.append(row)
     details.append(detail)
     print(common.table([row], list(row)), flush=True)
@@ -314,7 +350,9 @@ def main() -> None:
                 'over the same windows; same_scorer_eval_loss scores both Keras models with '
                 'that one scorer',
     }
-  path = run.write({'cpu_kind': kind, 'quick': args.quick, 'results': rows,
+  path = run.write({'cpu_kind': kind, 'quick': args.quick,
+                    'processes': 'one per side' if args.fresh else 'one for all sides',
+                    'results': rows,
                     'comparison': comparison, 'runs': details},
                    args.output or os.path.join(
                        common.RESULTS_DIR, f'quality_{kind}{"_quick" if args.quick else ""}.json'))
