@@ -264,7 +264,7 @@ def main() -> None:
         'epochs': round(arm.steps / arm.steps_per_epoch, 2),
         'last_train_loss': float(np.mean(arm.losses[-20:])),
         'precision': arm.s.precision, 'load_start': run.load_start, 'load_end': common.loadavg(),
-        'machine': {k: machine[k] for k in ('cpu_model', 'simd', 'cores')},
+        'machine': {k: machine[k] for k in ('cpu_model', 'cpu_family', 'simd', 'cores')},
         'settings': vars(arm.s)})
   previous = {}
   if os.path.exists(a.output):
