@@ -1,6 +1,6 @@
 """The char-RNN: a Keras model to train, and a plain `tf.Module` to serve.
 
-Training uses Keras (Embedding -> GRU/LSTM stack -> Dense, as in the tutorial),
+Training uses Keras (keras_model.py: Embedding -> GRU/LSTM stack -> Dense, as in the tutorial),
 which picks cuDNN kernels on a GPU. Serving must not: TF Serving on a CPU cannot
 run `CudnnRNN*` ops, and clients must not need Keras or this code. So the export
 copies the trained weights into `CharRnnExport`, which re-implements the
@@ -21,64 +21,16 @@ from typing import Any, Dict, List, Sequence
 import keras
 import tensorflow as tf
 
+from components.keras_model import (  # pylint: disable=unused-import
+    MODEL_CONFIG_KEYS, RNN_LAYERS, RNN_TYPES, build_keras_model, with_state_io)
 from components.text import UNK_TOKEN
 
 
-# --------------------------------------------------------------------- train
-# The hyperparameters that define the architecture: build_keras_model's
-# arguments, and what a warm start must find unchanged.
-MODEL_CONFIG_KEYS = ('embedding_dim', 'rnn_type', 'rnn_units', 'num_layers', 'dropout')
-# The recurrent layers this module builds and exports (`rnn_type`'s allowed
-# values: training_config checks against this, so a new type is one entry here
-# plus its step in CharRnnExport).
-RNN_LAYERS = {'gru': keras.layers.GRU, 'lstm': keras.layers.LSTM}
-RNN_TYPES = tuple(RNN_LAYERS)
+# The architecture (build_keras_model, with_state_io and their constants) is
+# keras_model.py's, Keras only so that it also builds on JAX; imported above so
+# that callers keep finding it here.
 # The dtypes CharRnnExport can multiply in (`serving_matmul_dtype`).
 SERVING_MATMUL_DTYPES = ('float32', 'bfloat16')
-
-
-def build_keras_model(vocab_size: int, embedding_dim: int, rnn_type: str,
-                      rnn_units: int, num_layers: int, dropout: float) -> keras.Model:
-  """Embedding -> `num_layers` x GRU/LSTM -> Dense logits, over [batch, time] ids."""
-  rnn_cls = RNN_LAYERS[rnn_type]
-  ids = keras.Input(shape=(None,), dtype='int32', name='ids')
-  x = keras.layers.Embedding(vocab_size, embedding_dim, name='embedding')(ids)
-  for i in range(num_layers):
-    # Dropout between layers rather than inside the cell keeps the layer
-    # eligible for cuDNN on GPUs. The layer also returns its final state, which
-    # this model drops and `with_state_io` carries (training with carried state).
-    x = rnn_cls(rnn_units, return_sequences=True, return_state=True, name=f'rnn_{i}')(x)[0]
-    if dropout:
-      x = keras.layers.Dropout(dropout, name=f'dropout_{i}')(x)
-  # Logits stay float32 under mixed precision: softmax over bf16 loses too much.
-  logits = keras.layers.Dense(vocab_size, name='logits', dtype='float32')(x)
-  return keras.Model(ids, logits, name='char_rnn')
-
-
-def with_state_io(model: keras.Model) -> keras.Model:
-  """`model`'s own layers (shared weights) as (ids, states) -> (logits, final states).
-
-  States are float32 [B, S] in the export's layout (every layer's state
-  concatenated: [h] per GRU layer, [h, c] per LSTM layer), so a state from
-  `one_step` continues here and the other way round. Training with truncated
-  back-propagation through time feeds each batch the previous batch's final
-  state (components/tbptt.py); `model` itself, and so the export, stays as is.
-  """
-  rnns = [layer for layer in model.layers if isinstance(layer, tuple(RNN_LAYERS.values()))]
-  per_layer = 2 if isinstance(rnns[0], keras.layers.LSTM) else 1
-  ids = keras.Input(shape=(None,), dtype='int32', name='ids')
-  states = keras.Input(shape=(per_layer * len(rnns) * rnns[0].units,), name='states')
-  parts = keras.ops.split(states, per_layer * len(rnns), axis=1)
-  x = model.get_layer('embedding')(ids)
-  finals = []
-  for i, rnn in enumerate(rnns):
-    x, *final = rnn(x, initial_state=parts[per_layer * i:per_layer * (i + 1)])
-    finals += [keras.ops.cast(s, 'float32') for s in final]
-    if any(layer.name == f'dropout_{i}' for layer in model.layers):
-      x = model.get_layer(f'dropout_{i}')(x)
-  logits = model.get_layer('logits')(x)
-  return keras.Model([ids, states], [logits, keras.ops.concatenate(finals, axis=1)],
-                     name='char_rnn_state_io')
 
 
 def state_size(rnn_type: str, rnn_units: int, num_layers: int) -> int:

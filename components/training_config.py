@@ -75,8 +75,8 @@ def setting(rule: Rule, **kwargs) -> Any:
 
 
 def _rnn_types():
-  from components import model   # pylint: disable=g-import-not-at-top
-  return model.RNN_TYPES
+  from components import keras_model   # pylint: disable=g-import-not-at-top
+  return keras_model.RNN_TYPES
 
 
 def _serving_dtypes():
