@@ -1,5 +1,12 @@
-"""The export contract: signatures, dtypes, shapes, numerics, padding, seeds, [UNK], limits."""
+"""The export contract: signatures, dtypes, shapes, numerics, padding, seeds, [UNK], limits.
 
+Run against small random models of each configuration below, or against any export
+the Trainer (or bench.gpu) wrote, with that model's own vocabulary and limits:
+
+  CHAR_RNN_CONTRACT_EXPORT=outputs/serving_model/char_rnn/<version> .venv/bin/pytest tests/test_model.py
+"""
+
+import json
 import os
 import subprocess
 import sys
@@ -9,6 +16,7 @@ import pytest
 import tensorflow as tf
 
 from components.model import build_keras_model, export_serving_model, state_size, with_state_io
+from components import trainer_module
 from components.text import CharVocab
 
 TEXT = 'First Citizen:\nBefore we proceed any further, hear me speak.\n\nAll:\nSpeak, speak.\n'
@@ -21,6 +29,7 @@ CONFIGS = {
 # Exports multiplying in bfloat16 match Keras (float32) to bf16's ~3 digits.
 MATMUL_DTYPE = {'gru-2-bf16': 'bfloat16'}
 KERAS_ATOL = {'float32': 1e-4, 'bfloat16': 5e-2}
+CONTRACT_EXPORT = os.environ.get('CHAR_RNN_CONTRACT_EXPORT')
 
 
 def _random_model(cfg, seed=0):
@@ -32,8 +41,26 @@ def _random_model(cfg, seed=0):
   return model
 
 
-@pytest.fixture(scope='module', params=sorted(CONFIGS))
+def load_export(path):
+  """The fixture's (Keras model, cfg, path, loaded) for a model the Trainer exported:
+  its Keras weights, vocabulary (cfg['tokens']) and limits from its assets.extra."""
+  extra = os.path.join(path, 'assets.extra')
+  keras_dir = os.path.join(extra, trainer_module.KERAS_DIR)
+  with open(os.path.join(keras_dir, trainer_module.CONFIG_FILE)) as f:
+    saved = json.load(f)
+  with open(os.path.join(extra, trainer_module.METRICS_FILE)) as f:
+    trained = json.load(f)['config']
+  model = build_keras_model(len(saved['tokens']), **saved['model_config'])
+  model.load_weights(os.path.join(keras_dir, trainer_module.WEIGHTS_FILE))
+  cfg = dict(saved['model_config'], matmul_dtype=trained['serving_matmul_dtype'],
+             tokens=saved['tokens'], max_generate_chars=trained['max_generate_chars'])
+  return model, cfg, path, tf.saved_model.load(path)
+
+
+@pytest.fixture(scope='module', params=['given'] if CONTRACT_EXPORT else sorted(CONFIGS))
 def exported(request, tmp_path_factory):
+  if CONTRACT_EXPORT:
+    return load_export(CONTRACT_EXPORT)
   cfg = CONFIGS[request.param]
   model = _random_model(cfg)
   path = str(tmp_path_factory.mktemp(request.param))
@@ -43,8 +70,12 @@ def exported(request, tmp_path_factory):
   return model, dict(cfg, matmul_dtype=dtype), path, tf.saved_model.load(path)
 
 
+def _vocab(cfg):
+  return CharVocab(cfg['tokens']) if 'tokens' in cfg else VOCAB
+
+
 def _sizes(cfg):
-  return state_size(cfg['rnn_type'], cfg['rnn_units'], cfg['num_layers']), len(VOCAB)
+  return state_size(cfg['rnn_type'], cfg['rnn_units'], cfg['num_layers']), len(_vocab(cfg))
 
 
 def test_signatures_have_the_contracts_names_dtypes_and_shapes(exported):
@@ -76,7 +107,7 @@ def test_one_step_logits_equal_the_keras_model(exported):
   model, cfg, _, loaded = exported
   s, _ = _sizes(cfg)
   prompt = 'Before we proceed'
-  keras_logits = model(VOCAB.encode(prompt)[None], training=False).numpy()[0, -1]
+  keras_logits = model(_vocab(cfg).encode(prompt)[None], training=False).numpy()[0, -1]
   out = loaded.signatures['one_step'](inputs=tf.constant([prompt]), states=tf.zeros([1, s]),
                                       temperature=tf.constant(1.0))
   np.testing.assert_allclose(out['logits'].numpy()[0], keras_logits,
@@ -124,7 +155,7 @@ def test_state_io_model_carries_state_like_one_step_and_like_one_long_call(expor
   s, _ = _sizes(cfg)
   state_io = with_state_io(model)
   assert [id(w) for w in state_io.weights] == [id(w) for w in model.weights]   # shared
-  ids = tf.constant(VOCAB.encode('First Citizen: hear me speak.')[None])
+  ids = tf.constant(_vocab(cfg).encode('First Citizen: hear me speak.')[None])
   whole = model(ids, training=False).numpy()
   head, state = state_io([ids[:, :11], tf.zeros([1, s])], training=False)
   tail, _ = state_io([ids[:, 11:], state], training=False)
@@ -186,11 +217,12 @@ def test_unknown_characters_map_to_unk_and_unk_is_never_sampled(exported):
 
 
 def test_generate_rejects_too_many_characters_and_negative_temperature(exported):
-  _, _, _, loaded = exported
+  _, cfg, _, loaded = exported
+  limit = cfg.get('max_generate_chars', 300)
   gen = loaded.signatures['generate']
-  with pytest.raises(tf.errors.InvalidArgumentError, match='num_chars must be <= 300'):
-    gen(prompt=tf.constant(['a']), num_chars=tf.constant(301), temperature=tf.constant(1.0),
-        seed=tf.constant(0, tf.int64))
+  with pytest.raises(tf.errors.InvalidArgumentError, match=f'num_chars must be <= {limit}'):
+    gen(prompt=tf.constant(['a']), num_chars=tf.constant(limit + 1),
+        temperature=tf.constant(1.0), seed=tf.constant(0, tf.int64))
   with pytest.raises(tf.errors.InvalidArgumentError, match='temperature must be >= 0'):
     gen(prompt=tf.constant(['a']), num_chars=tf.constant(3), temperature=tf.constant(-1.0),
         seed=tf.constant(0, tf.int64))
@@ -199,7 +231,7 @@ def test_generate_rejects_too_many_characters_and_negative_temperature(exported)
 def test_score_equals_keras_log_likelihood(exported):
   model, cfg, _, loaded = exported
   text = 'Speak, speak.'
-  ids = VOCAB.encode(text)
+  ids = _vocab(cfg).encode(text)
   log_probs = tf.nn.log_softmax(model(ids[None], training=False)).numpy()[0]
   expected = sum(log_probs[t, ids[t + 1]] for t in range(len(ids) - 1))
   got = loaded.signatures['score'](text=tf.constant([text]))['log_likelihood'].numpy()[0]

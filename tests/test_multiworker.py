@@ -305,17 +305,8 @@ def test_two_workers_train_together_and_only_the_chief_exports(two_workers):
 @pytest.fixture(scope='module')
 def exported(two_workers):
   """test_model's fixture tuple, for the chief's export: (Keras model, config, path, loaded)."""
-  import tensorflow as tf   # pylint: disable=g-import-not-at-top
-  from components.model import build_keras_model   # pylint: disable=g-import-not-at-top
   args, _, _ = two_workers
-  path = args['serving']
-  keras_dir = os.path.join(path, 'assets.extra', 'keras')
-  with open(os.path.join(keras_dir, 'config.json')) as f:
-    saved = json.load(f)
-  model = build_keras_model(len(saved['tokens']), **saved['model_config'])
-  model.load_weights(os.path.join(keras_dir, 'model.weights.h5'))
-  cfg = dict(saved['model_config'], matmul_dtype='float32')
-  return model, cfg, path, tf.saved_model.load(path)
+  return contract.load_export(args['serving'])
 
 
 @slow
