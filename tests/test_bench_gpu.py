@@ -69,7 +69,7 @@ def test_a_model_trained_by_bench_gpu_scores_and_exports_as_the_pipeline_would(
   with open(os.path.join(run_dir, gpu.HISTORY_FILE)) as f:
     trained = json.load(f)
   assert len(trained['epoch_seconds']) == len(trained['history']['loss']) == 2
-  assert trained['keras_backend'] == 'tensorflow'
+  assert trained['keras_backend'] == 'tensorflow' and trained['complete']
 
   export_dir = str(tmp_path / 'export')
   row = gpu.check(run_dir, data_dir, export_dir, str(tmp_path / 'result.json'))
@@ -84,3 +84,14 @@ def test_a_model_trained_by_bench_gpu_scores_and_exports_as_the_pipeline_would(
   # A second check never writes over an export.
   with pytest.raises(SystemExit, match='is not empty'):
     gpu.check(run_dir, data_dir, export_dir, str(tmp_path / 'again.json'))
+
+
+def test_check_refuses_a_run_cut_short_before_its_weights(prepared, tmp_path):
+  data_dir, settings = prepared
+  run_dir = tmp_path / 'run'
+  run_dir.mkdir()
+  (run_dir / gpu.HISTORY_FILE).write_text(json.dumps(
+      {'settings': settings, 'epoch_seconds': [12.5], 'complete': False}))
+  with pytest.raises(SystemExit, match='training stopped after 1 of 2 epochs'):
+    gpu.check(str(run_dir), data_dir, str(tmp_path / 'export'), str(tmp_path / 'r.json'))
+  assert not (tmp_path / 'export').exists()

@@ -12,7 +12,7 @@ the pipeline would: the gate's score of the exported model, and tests/test_model
 export contract run against that export.
 
   1. here:    .venv/bin/python -m bench.gpu prepare            # .gpu/: windows, settings, wheels
-  2. device:  run(command='bash bench/gpu/device.sh', carry=['.gpu'], timeout_s=540)
+  2. device:  run(command='bash bench/gpu/device.sh', carry=['.gpu'], timeout_s=300)
   3. here:    .venv/bin/python -m bench.gpu check <the run's files_at folder>
 
 `check` writes bench/results/gpu_tutorial.json and prints the row. What this does not
@@ -128,6 +128,13 @@ def train(data_dir: str, out_dir: str) -> Dict[str, Any]:
   steps = cfg['steps_per_epoch'] or len(train_windows) // batch
   rng = np.random.default_rng(seed)
   clock, history = _EpochClock(), {'loss': [], 'val_loss': []}
+  os.makedirs(out_dir, exist_ok=True)
+  result = {
+      'settings': settings, 'history': history, 'epoch_seconds': clock.seconds,
+      'steps_per_epoch': steps, 'keras_backend': keras.backend.backend(),
+      'versions': common.versions('keras', 'jax', 'jaxlib', 'numpy'),
+      'devices': _devices(keras.backend.backend()), 'machine': common.machine(),
+  }
   for epoch in range(cfg['epochs']):
     clock.start()
     order = rng.permutation(len(train_windows))[:steps * batch]
@@ -141,17 +148,18 @@ def train(data_dir: str, out_dir: str) -> Dict[str, Any]:
       history[key].append(float(fit.history[key][-1]))
     print(f'epoch {epoch + 1}/{cfg["epochs"]}: loss {history["loss"][-1]:.4f}, '
           f'val_loss {history["val_loss"][-1]:.4f}, {clock.seconds[-1]:.1f} s', flush=True)
-  os.makedirs(out_dir, exist_ok=True)
+    # After every epoch: a run stopped at the device's time limit still reports its epochs.
+    _write_json(os.path.join(out_dir, HISTORY_FILE), dict(result, complete=False))
   model.save_weights(os.path.join(out_dir, WEIGHTS_FILE))
-  result = {
-      'settings': settings, 'history': history, 'epoch_seconds': clock.seconds,
-      'steps_per_epoch': steps, 'keras_backend': keras.backend.backend(),
-      'versions': common.versions('keras', 'jax', 'jaxlib', 'numpy'),
-      'devices': _devices(keras.backend.backend()), 'machine': common.machine(),
-  }
-  with open(os.path.join(out_dir, HISTORY_FILE), 'w') as f:
-    json.dump(result, f, indent=1)
+  result['complete'] = True    # `check` takes only a finished run
+  _write_json(os.path.join(out_dir, HISTORY_FILE), result)
   return result
+
+
+def _write_json(path: str, payload: Dict[str, Any]) -> None:
+  with open(path + '.partial', 'w') as f:
+    json.dump(payload, f, indent=1)
+  os.replace(path + '.partial', path)
 
 
 def _devices(backend: str):
@@ -174,6 +182,9 @@ def check(run_dir: str, data_dir: str, export_dir: str, output: str) -> Dict[str
   run = common.Run('gpu_tutorial')
   with open(os.path.join(run_dir, HISTORY_FILE)) as f:
     trained = json.load(f)
+  if not trained.get('complete'):
+    raise SystemExit(f'{run_dir}: training stopped after {len(trained["epoch_seconds"])} of '
+                     f'{trained["settings"]["training"]["epochs"]} epochs (no weights to check)')
   settings, cfg = trained['settings'], trained['settings']['training']
   vocab = CharVocab(settings['tokens'])
   model_config = {k: cfg[k] for k in model_lib.MODEL_CONFIG_KEYS}

@@ -2,7 +2,7 @@
 # On the lent GPU machine (bench/gpu/__main__.py says why and how): installs the
 # carried Keras wheels beside the machine's own JAX and trains the `tutorial` preset
 # with Keras on JAX; weights and history land in $OUT.
-#   run(command='bash bench/gpu/device.sh', carry=['.gpu'], timeout_s=540)
+#   run(command='bash bench/gpu/device.sh', carry=['.gpu'], timeout_s=300)
 set -euo pipefail
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
   --target /tmp/site .gpu/wheels/*.whl
