@@ -3,7 +3,7 @@
 Run against small random models of each configuration below, or against any export
 the Trainer (or bench.gpu) wrote, with that model's own vocabulary and limits:
 
-  CHAR_RNN_CONTRACT_EXPORT=outputs/serving_model/char_rnn/<version> .venv/bin/pytest tests/test_model.py
+  CHAR_RNN_CONTRACT_EXPORT=outputs/serving_model/char_rnn/<version> .venv/bin/pytest -n 0 tests/test_model.py
 """
 
 import json
@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from components.model import build_keras_model, export_serving_model, state_size, with_state_io
 from components import trainer_module
+from components.model import build_keras_model, export_serving_model, state_size, with_state_io
 from components.text import CharVocab
 
 TEXT = 'First Citizen:\nBefore we proceed any further, hear me speak.\n\nAll:\nSpeak, speak.\n'
