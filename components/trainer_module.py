@@ -546,14 +546,10 @@ def run_fn(fn_args: FnArgs) -> None:
                state.stop_reason, metrics['elapsed_seconds'], fn_args.serving_model_dir)
 
 
-def export(fn_args: FnArgs, model: keras.Model, vocab: CharVocab, model_config: Dict[str, Any],
-           config: TrainingConfig, state: training.TrainingState, clock: training.Clock,
-           figures: Dict[str, Any], eval_loss: float) -> Dict[str, Any]:
-  """Writes the Model artifact (the module docstring's layout) and history.json;
-  returns metrics.json's content: the figures every run reports, then the
-  caller's own (`figures`: how it started, precision, a multi-worker run's
-  throughput). The one writer of metrics.json, for both training paths."""
-  serving_dir = fn_args.serving_model_dir
+def write_serving_model(serving_dir: str, model: keras.Model, vocab: CharVocab,
+                        model_config: Dict[str, Any], config: TrainingConfig) -> str:
+  """The SavedModel, its vocabulary and the Keras weights (the module docstring's
+  layout, less metrics.json) under `serving_dir`; returns its assets.extra."""
   model_lib.export_serving_model(model, vocab.tokens, model_config,
                                  config.max_generate_chars, serving_dir,
                                  config.serving_matmul_dtype)
@@ -561,6 +557,17 @@ def export(fn_args: FnArgs, model: keras.Model, vocab: CharVocab, model_config: 
   tf.io.gfile.makedirs(extra)
   vocab.save(extra)
   _save_keras_weights(model, vocab, model_config, extra)
+  return extra
+
+
+def export(fn_args: FnArgs, model: keras.Model, vocab: CharVocab, model_config: Dict[str, Any],
+           config: TrainingConfig, state: training.TrainingState, clock: training.Clock,
+           figures: Dict[str, Any], eval_loss: float) -> Dict[str, Any]:
+  """Writes the Model artifact (the module docstring's layout) and history.json;
+  returns metrics.json's content: the figures every run reports, then the
+  caller's own (`figures`: how it started, precision, a multi-worker run's
+  throughput). The one writer of metrics.json, for both training paths."""
+  extra = write_serving_model(fn_args.serving_model_dir, model, vocab, model_config, config)
   training.write_history(fn_args.model_run_dir, state, config.max_train_seconds)
   metrics = {
       'eval_loss': eval_loss,                      # nats per character

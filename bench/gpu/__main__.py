@@ -91,19 +91,6 @@ def prepare(corpus: str, overrides: str, out_dir: str, python_version: str,
 
 
 # --------------------------------------------------------------------- train
-class _EpochClock:
-  """Seconds of each epoch (the first one includes compiling the step)."""
-
-  def __init__(self):
-    self.seconds = []
-
-  def start(self):
-    self._t0 = time.perf_counter()
-
-  def stop(self):
-    self.seconds.append(time.perf_counter() - self._t0)
-
-
 def train(data_dir: str, out_dir: str) -> Dict[str, Any]:
   """The preset's training (run_fn's recipe without TFX): every epoch a fresh shuffle
   of the train windows in full batches, validation over every eval window."""
@@ -127,27 +114,28 @@ def train(data_dir: str, out_dir: str) -> Dict[str, Any]:
   batch = cfg['batch_size']
   steps = cfg['steps_per_epoch'] or len(train_windows) // batch
   rng = np.random.default_rng(seed)
-  clock, history = _EpochClock(), {'loss': [], 'val_loss': []}
+  # Seconds of each epoch, validation included (the first also compiles the step).
+  epoch_seconds, history = [], {'loss': [], 'val_loss': []}
   os.makedirs(out_dir, exist_ok=True)
   result = {
-      'settings': settings, 'history': history, 'epoch_seconds': clock.seconds,
+      'settings': settings, 'history': history, 'epoch_seconds': epoch_seconds,
       'steps_per_epoch': steps, 'keras_backend': keras.backend.backend(),
       'versions': common.versions('keras', 'jax', 'jaxlib', 'numpy'),
       'devices': _devices(keras.backend.backend()), 'machine': common.machine(),
   }
   for epoch in range(cfg['epochs']):
-    clock.start()
+    started = time.perf_counter()
     order = rng.permutation(len(train_windows))[:steps * batch]
     picked = train_windows[order]
     fit = model.fit(picked[:, :-1], picked[:, 1:], batch_size=batch, epochs=epoch + 1,
                     initial_epoch=epoch, shuffle=False, verbose=0,
                     validation_data=(eval_windows[:, :-1], eval_windows[:, 1:]),
                     validation_batch_size=batch)
-    clock.stop()
+    epoch_seconds.append(time.perf_counter() - started)
     for key in history:
       history[key].append(float(fit.history[key][-1]))
     print(f'epoch {epoch + 1}/{cfg["epochs"]}: loss {history["loss"][-1]:.4f}, '
-          f'val_loss {history["val_loss"][-1]:.4f}, {clock.seconds[-1]:.1f} s', flush=True)
+          f'val_loss {history["val_loss"][-1]:.4f}, {epoch_seconds[-1]:.1f} s', flush=True)
     # After every epoch: a run stopped at the device's time limit still reports its epochs.
     _write_json(os.path.join(out_dir, HISTORY_FILE), dict(result, complete=False))
   model.save_weights(os.path.join(out_dir, WEIGHTS_FILE))
@@ -176,6 +164,7 @@ def check(run_dir: str, data_dir: str, export_dir: str, output: str) -> Dict[str
   from bench.quality import __main__ as quality  # pylint: disable=g-import-not-at-top
   from components import evaluation_gate, model as model_lib, trainer_module  # pylint: disable=g-import-not-at-top
   from components.text import CharVocab  # pylint: disable=g-import-not-at-top
+  from components.training_config import TrainingConfig  # pylint: disable=g-import-not-at-top
 
   if os.path.exists(export_dir) and os.listdir(export_dir):
     raise SystemExit(f'{export_dir} is not empty: give --export-dir a new directory')
@@ -192,13 +181,8 @@ def check(run_dir: str, data_dir: str, export_dir: str, output: str) -> Dict[str
   model.load_weights(os.path.join(run_dir, WEIGHTS_FILE))
   eval_windows = np.load(os.path.join(data_dir, DATA_FILE))['eval'].astype(np.int32)
 
-  model_lib.export_serving_model(model, vocab.tokens, model_config, cfg['max_generate_chars'],
-                                 export_dir, cfg['serving_matmul_dtype'])
-  extra = os.path.join(export_dir, 'assets.extra')
-  os.makedirs(extra, exist_ok=True)
-  vocab.save(extra)
-  trainer_module._save_keras_weights(  # pylint: disable=protected-access
-      model, vocab, model_config, extra)
+  extra = trainer_module.write_serving_model(
+      export_dir, model, vocab, model_config, TrainingConfig.from_custom_config(cfg))
   texts = [vocab.decode(w) for w in eval_windows]
   gate_loss = evaluation_gate.eval_loss(export_dir, texts)
   threshold = settings['max_eval_loss_ratio'] * evaluation_gate.unigram_entropy(texts)
