@@ -22,7 +22,8 @@ import keras
 import tensorflow as tf
 
 from components.keras_model import (  # pylint: disable=unused-import
-    MODEL_CONFIG_KEYS, RNN_LAYERS, RNN_TYPES, build_keras_model, with_state_io)
+    MODEL_CONFIG_KEYS, RNN_LAYERS, RNN_TYPES, build_keras_model, build_optimizer,
+    with_state_io)
 from components.text import UNK_TOKEN
 
 

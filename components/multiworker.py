@@ -305,7 +305,9 @@ def run(fn_args: FnArgs, cluster: Cluster) -> None:
   try:
     with strategy.scope():
       model = model_lib.build_keras_model(len(vocab), **model_config)
-      optimizer = keras.optimizers.Adam(lambda: lr_var)
+      # No clipnorm here: the step clips the global gradient itself.
+      optimizer = model_lib.build_optimizer(lambda: lr_var,
+                                            weight_decay=config.weight_decay)
       optimizer.build(model.trainable_variables)
   finally:
     keras.mixed_precision.set_global_policy(previous_policy)

@@ -261,8 +261,8 @@ def _build_model(config: TrainingConfig, vocab_size: int, model_config: Dict[str
     model = model_lib.build_keras_model(vocab_size, **model_config)
   finally:
     keras.mixed_precision.set_global_policy(previous_policy)
-  model.compile(optimizer=keras.optimizers.Adam(config.learning_rate,
-                                                clipnorm=config.clipnorm or None),
+  model.compile(optimizer=model_lib.build_optimizer(config.learning_rate, config.clipnorm,
+                                                   config.weight_decay),
                 loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
   return model
 

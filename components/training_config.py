@@ -175,6 +175,7 @@ class TrainingConfig:
   lr_schedule: str = setting(one_of(_lr_schedules))
   min_lr_ratio: float = setting(in_range(0.0, 1.0, high_open=False))
   clipnorm: float = setting(at_least(0.0))
+  weight_decay: float = setting(at_least(0.0))
   precision: str = setting(one_of(_precisions))
   epochs: int = setting(at_least(1))
   steps_per_epoch: Optional[int] = setting(at_least(1))

@@ -94,6 +94,7 @@ def test_defaults_are_the_embedded_corpus_the_cpu_preset_and_outputs_in_the_proj
     ('regression_tolerance=-0.1', 'regression_tolerance=-0.1 is not allowed'),
     ('max_train_seconds=0', 'max_train_seconds=0.0 is not allowed'),
     ('divergence_loss_ratio=1', 'divergence_loss_ratio=1.0 is not allowed'),
+    ('weight_decay=-0.1', r'weight_decay=-0.1 is not allowed: weight_decay must be >= 0.0'),
 ])
 def test_bad_overrides_are_errors_that_name_the_field_and_the_allowed_values(override, message):
   with pytest.raises(ValueError, match=message):

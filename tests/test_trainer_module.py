@@ -227,3 +227,18 @@ def test_an_epoch_is_one_pass_unless_steps_per_epoch_says_otherwise(tmp_path):
       config('steps_per_epoch=None, batch_size=8, random_offsets=true'), 40, files) == 4
   with pytest.raises(ValueError, match='fewer than one batch of batch_size=64'):
     trainer_module.steps_per_epoch(config('steps_per_epoch=None, batch_size=64'), 40, files)
+
+
+@pytest.mark.parametrize('weight_decay', [0.0, 0.5])
+def test_weight_decay_trains_with_adamw_which_takes_rate_times_decay_off_every_weight(
+    weight_decay):
+  """With zero gradients Adam moves nothing; AdamW still shrinks each weight by lr * wd."""
+  from components.model import build_optimizer  # pylint: disable=g-import-not-at-top
+  model = build_keras_model(20, **CFG)
+  optimizer = build_optimizer(0.1, clipnorm=1.0, weight_decay=weight_decay)
+  assert type(optimizer).__name__ == ('AdamW' if weight_decay else 'Adam')
+  before = [w.numpy() for w in model.trainable_weights]
+  optimizer.apply_gradients([(tf.zeros_like(w), w) for w in model.trainable_weights])
+  for old, new in zip(before, model.trainable_weights):
+    np.testing.assert_allclose(new.numpy(), old * (1 - 0.1 * weight_decay), rtol=1e-6,
+                               atol=1e-7)

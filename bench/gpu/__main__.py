@@ -95,7 +95,7 @@ def train(data_dir: str, out_dir: str) -> Dict[str, Any]:
   """The preset's training (run_fn's recipe without TFX): every epoch a fresh shuffle
   of the train windows in full batches, validation over every eval window."""
   import keras  # pylint: disable=g-import-not-at-top
-  from components.keras_model import MODEL_CONFIG_KEYS, build_keras_model  # pylint: disable=g-import-not-at-top
+  from components.keras_model import MODEL_CONFIG_KEYS, build_keras_model, build_optimizer  # pylint: disable=g-import-not-at-top
 
   with open(os.path.join(data_dir, SETTINGS_FILE)) as f:
     settings = json.load(f)
@@ -108,8 +108,8 @@ def train(data_dir: str, out_dir: str) -> Dict[str, Any]:
   seed = cfg['seed'] if cfg['seed'] is not None else 0
   keras.utils.set_random_seed(seed)
   model = build_keras_model(len(settings['tokens']), **{k: cfg[k] for k in MODEL_CONFIG_KEYS})
-  model.compile(optimizer=keras.optimizers.Adam(cfg['learning_rate'],
-                                                clipnorm=cfg['clipnorm'] or None),
+  model.compile(optimizer=build_optimizer(cfg['learning_rate'], cfg['clipnorm'],
+                                          cfg['weight_decay']),
                 loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
   batch = cfg['batch_size']
   steps = cfg['steps_per_epoch'] or len(train_windows) // batch

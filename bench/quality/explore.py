@@ -27,6 +27,10 @@ The levers (issue 13, item 4):
             second with the context still carried);
   reset     carried state with rows reset at random, so the model also meets
             the zero state the gate and every generate() start from.
+Any arm may also change a setting (`--arm name=key:value,...`: units, lr, layers,
+dropout, batch, seq, beta2 (Adam's), wd (AdamW's weight decay), seed (data order and
+initial weights), ...), and `--ema` scores averages of every arm's weights beside its
+trained weights: a paired comparison, free of the run-to-run noise.
 Besides the gate's zero-state loss, `eval_loss_warm` scores (nearly) the same
 windows in text order with the state carried from window to window (16 streams):
 what a model with context achieves, reported apart, never as the gate's number.
@@ -41,6 +45,14 @@ What wins at this load's step time (0.9-1.7 s) is a cheaper step: GRU-256 or
 seq 50 beat GRU-384 by 0.15-0.18 nats/char in equal time, the opposite of the
 unloaded AVX512-BF16 rows (G/H/I: 1,200-2,300 steps, GRU-384 ahead by 0.02): the
 best size depends on how many steps the budget buys on the machine.
+
+On Zen 5 (AVX512-BF16, bf16, 2026-12-02, rows Z5eq3_-Z5eq5_, S800ema_, S800avg_): the
+seed alone moves GRU-384's score by ~0.01 (1.514 / 1.518 / 1.524); Adam's beta_2 at
+0.99 / 0.95 trains lower and scores worse (1.524 / 1.519 vs 1.510); two layers of
+GRU-256 1.516. A moving average of the weights from the first step (momentum 0.998)
+scored 0.014-0.021 better than the trained weights at ~1,500 steps in all 5 runs, but
+0.14 worse at 800 steps, and averages started late gained at most 0.008: the gain is
+the ~5% of the initial weights the average still holds (a shrinkage), not averaging.
 
 Each run appends one row per arm to bench/results/quality_explore.json, with the
 machine and the load, and prints the table of this run's rows. Differences
@@ -91,7 +103,8 @@ WARM_STREAMS = 16
 class Arm:
   """One variant: its model, its data stream, its budget and its clock."""
 
-  def __init__(self, name, s, vocab_size, train, budget_steps, budget_seconds):
+  def __init__(self, name, s, vocab_size, train, budget_steps, budget_seconds,
+               ema_specs=()):
     self.name, self.s = name, s
     # An arm's own `steps` (e.g. its step count in equal quiet time) wins.
     self.budget_steps = int(getattr(s, 'steps', 0) or budget_steps)
@@ -101,7 +114,11 @@ class Arm:
                                              s.dropout)
     keras.mixed_precision.set_global_policy('float32')
     self.trainer = tbptt.CarriedStateTrainer(self.model, s.batch) if s.carry else self.model
-    self.trainer.compile(optimizer=keras.optimizers.Adam(s.lr, clipnorm=s.clipnorm or None),
+    # AdamW's decay is decoupled and scaled by the rate: w -= lr * wd * w each step.
+    optimizer = keras.optimizers.AdamW(s.lr, weight_decay=s.wd, beta_2=s.beta2,
+                                       clipnorm=s.clipnorm or None) if s.wd else \
+        keras.optimizers.Adam(s.lr, beta_2=s.beta2, clipnorm=s.clipnorm or None)
+    self.trainer.compile(optimizer=optimizer,
                          loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
     if s.carry:
       self.batches = iter(tbptt.stream_dataset(train, s.seq, s.batch, s.reset_prob, s.seed))
@@ -110,6 +127,33 @@ class Arm:
       self.batches = self._recut(train)
       self.steps_per_epoch = (len(train) - 1) // s.seq // s.batch
     self.steps, self.seconds, self.losses = 0, 0.0, []
+    # Averages of the weights (Polyak averaging), one per `--ema` spec: scored
+    # beside the trained weights of the same run, so the comparison carries none
+    # of the run-to-run noise. A spec is MOMENTUM (an exponential moving average
+    # from the first step, as Keras' use_ema), MOMENTUM@P (the same, started when
+    # the arm's budget is P spent) or uniform@P (the plain mean from P on).
+    self.ema_specs = list(ema_specs)
+    self.ema = [[tf.Variable(w, trainable=False) for w in self.model.trainable_weights]
+                for _ in self.ema_specs]
+    self.ema_counts = [0] * len(self.ema_specs)
+    self._update_ema = tf.function(self._ema_step)
+
+  def _ema_step(self, shadows, momentum):
+    for shadow, w in zip(shadows, self.model.trainable_weights):
+      shadow.assign(momentum * shadow + (1.0 - momentum) * tf.cast(w, shadow.dtype))
+
+  def update_averages(self):
+    progress = self.progress()
+    for i, (spec, shadows) in enumerate(zip(self.ema_specs, self.ema)):
+      kind, _, start = spec.partition('@')
+      if progress < float(start or 0):
+        continue
+      count = self.ema_counts[i]
+      # The first averaged step copies the weights: no initial weights in the mean.
+      momentum = 0.0 if count == 0 else (count / (count + 1) if kind == 'uniform'
+                                         else float(kind))
+      self._update_ema(shadows, tf.constant(momentum, tf.float32))
+      self.ema_counts[i] += 1
 
   def _recut(self, train):
     """make_dataset's random_offsets: every window cut at its own random offset, shuffled."""
@@ -139,20 +183,25 @@ class Arm:
     self.trainer.reset_metrics()    # train_on_batch's loss is otherwise a running mean
     started = time.monotonic()
     loss = self.trainer.train_on_batch(x, y, return_dict=True)['loss']
+    if self.ema:
+      self.update_averages()
     if self.steps:    # the first step traces: not the model's speed
       self.seconds += time.monotonic() - started
     self.steps += 1
     self.losses.append(float(loss))
 
 
-def eval_losses(arm, vocab_size, eval_windows, precision):
+def eval_losses(arm, vocab_size, eval_windows, precision, trainable_weights=None):
   """(zero-state loss over all eval windows, zero-state and carried-state loss over
-  the windows WARM_STREAMS streams cover), in float32 as the export computes."""
+  the windows WARM_STREAMS streams cover), in float32 as the export computes; of
+  the arm's model, or of it with `trainable_weights` (an EMA) in their place."""
   s = arm.s
   scorer = arm.model
-  if precision != 'float32':
+  if precision != 'float32' or trainable_weights is not None:
     scorer = model_lib.build_keras_model(vocab_size, s.emb, s.rnn, s.units, s.layers, s.dropout)
     scorer.set_weights(arm.model.get_weights())
+    for target, value in zip(scorer.trainable_weights, trainable_weights or []):
+      target.assign(tf.cast(value, target.dtype))
   state_io = model_lib.with_state_io(scorer)
   size = state_io.inputs[1].shape[1]
   # Traced once: eagerly, Keras' RNN loop runs step by step in Python.
@@ -207,10 +256,16 @@ def main() -> None:
   p.add_argument('--schedule', default='cosine')
   p.add_argument('--clipnorm', type=float, default=1.0)
   p.add_argument('--dropout', type=float, default=0)
+  # Adam's second-moment decay (Keras' default): nanoGPT's character-level
+  # Shakespeare lowers it to 0.99 for runs of a few thousand small steps.
+  p.add_argument('--beta2', type=float, default=0.999)
+  p.add_argument('--wd', type=float, default=0.0, help='AdamW\'s weight decay (0: Adam)')
   p.add_argument('--carry', type=int, default=0, help='1: truncated BPTT (carried state)')
   p.add_argument('--reset_prob', type=float, default=0.0)
   p.add_argument('--precision', default='auto')
   p.add_argument('--seed', type=int, default=1)
+  p.add_argument('--ema', default='', help='comma-separated averages of the weights each arm '
+                 'also scores (eval_loss_ema): MOMENTUM, MOMENTUM@PROGRESS or uniform@PROGRESS')
   p.add_argument('--corpus', default=CORPUS)
   p.add_argument('--output', default=RESULTS, help='results JSON; rows are appended')
   a = p.parse_args()
@@ -231,12 +286,15 @@ def main() -> None:
   arms.update(parse_arm(t) for t in a.arm)
   names = [n for n in a.arms.split(',') if n] + [parse_arm(t)[0] for t in a.arm]
   base = {k: v for k, v in vars(a).items()
-          if k not in ('arms', 'arm', 'tag', 'seconds', 'steps', 'segment', 'corpus', 'output')}
+          if k not in ('arms', 'arm', 'tag', 'seconds', 'steps', 'segment', 'corpus', 'output',
+                       'ema')}
+  ema_specs = [m for m in a.ema.split(',') if m]
   built = []
   for name in names:
-    keras.utils.set_random_seed(a.seed)     # the same initial weights where shapes agree
     settings = argparse.Namespace(**{**base, 'precision': precision, **arms[name]})
-    built.append(Arm(name, settings, len(vocab), train, a.steps, a.seconds))
+    # The same initial weights where shapes agree, unless the arm sets its own seed.
+    keras.utils.set_random_seed(settings.seed)
+    built.append(Arm(name, settings, len(vocab), train, a.steps, a.seconds, ema_specs))
 
   # Turns, rotating who goes first so no arm always follows the same neighbour.
   turn = 0
@@ -253,12 +311,15 @@ def main() -> None:
   rows = []
   for arm in built:
     zero, zero_covered, warm = eval_losses(arm, len(vocab), eval_windows, arm.s.precision)
+    ema = {spec: eval_losses(arm, len(vocab), eval_windows, arm.s.precision, shadows)[0]
+           for spec, shadows in zip(arm.ema_specs, arm.ema)}
     rows.append({
         'tag': a.tag + arm.name, 'date': run.started.isoformat(timespec='seconds'),
         'mode': f'equal steps ({a.steps})' if a.steps else f'equal time ({a.seconds:g} s)',
         'eval_loss': zero,                        # the gate's: zero state, every window
         'eval_loss_covered': zero_covered,        # zero state, the windows warm covers
         'eval_loss_warm': warm,                   # state carried window to window
+        **({'eval_loss_ema': ema} if ema else {}),  # spec -> the gate's loss of that average
         'steps': arm.steps, 'train_seconds': round(arm.seconds, 1),
         'ms_per_step': round(1000 * arm.seconds / max(arm.steps - 1, 1), 1),
         'epochs': round(arm.steps / arm.steps_per_epoch, 2),
@@ -276,6 +337,11 @@ def main() -> None:
   run.write({'results': previous.get('results', []) + rows}, a.output)
   print(common.table(rows, ['tag', 'mode', 'eval_loss', 'eval_loss_warm', 'steps', 'ms_per_step',
                             'epochs', 'last_train_loss', 'load_end']))
+  for row in rows:
+    if 'eval_loss_ema' in row:
+      print(row['tag'], 'EMA of the weights:', ', '.join(
+          f'{m}: {loss:.4f} ({loss - row["eval_loss"]:+.4f})'
+          for m, loss in row['eval_loss_ema'].items()))
 
 
 if __name__ == '__main__':

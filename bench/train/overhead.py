@@ -11,7 +11,7 @@ wall-clock budget pays for in steps not taken.
 
 Sides, taking turns (bare, trainer, bare, trainer, ...) so the shared machine's
 load hits both alike:
-  bare     `build_keras_model` + the same compile (Adam, learning rate, clipnorm)
+  bare     `build_keras_model` + the same compile (build_optimizer: Adam, rate, clipnorm)
            under the same precision, `train_on_batch` over batches already in
            memory: nothing but the maths and Keras' own call path.
   trainer  the real `components.trainer_module.run_fn`, in this process, on
@@ -147,8 +147,8 @@ class _Bare:
           preset.num_layers, preset.dropout)
     finally:
       keras.mixed_precision.set_global_policy(previous)
-    self.model.compile(optimizer=keras.optimizers.Adam(preset.learning_rate,
-                                                       clipnorm=preset.clipnorm or None),
+    self.model.compile(optimizer=model_lib.build_optimizer(
+                           preset.learning_rate, preset.clipnorm, preset.weight_decay),
                        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
     self.batches = batches
     self._next = 0
