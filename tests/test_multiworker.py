@@ -226,6 +226,19 @@ def test_clipnorm_clips_the_global_gradient_as_fit_clips_the_single_process_one(
 
 
 @slow
+def test_weight_decay_under_the_strategy_trains_as_adamw_trains_one_process(
+    tmp_path_factory, inputs, two_workers):
+  """build_optimizer's AdamW in the custom loop: each worker decays its mirrored copy by
+  the agreed rate, so the workers train as fit trains one process."""
+  single, _, _ = _train(tmp_path_factory, inputs, 1, weight_decay=0.5)
+  pair, _, _ = _train(tmp_path_factory, inputs, 2, weight_decay=0.5)
+  assert _metrics(pair)['config']['weight_decay'] == 0.5
+  np.testing.assert_allclose(_step_losses(pair), _step_losses(single), rtol=1e-4)
+  # The decay acts: without it the same workers trained differently.
+  assert np.max(np.abs(np.subtract(_step_losses(pair), _step_losses(two_workers[0])))) > 1e-3
+
+
+@slow
 def test_early_stopping_under_the_strategy_stops_where_one_process_stops_with_the_best_epoch(
     tmp_path_factory, inputs):
   """Early stopping decides on the all-reduced validation loss and keeps the best epoch's

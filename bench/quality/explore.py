@@ -53,6 +53,9 @@ GRU-256 1.516. A moving average of the weights from the first step (momentum 0.9
 scored 0.014-0.021 better than the trained weights at ~1,500 steps in all 5 runs, but
 0.14 worse at 800 steps, and averages started late gained at most 0.008: the gain is
 the ~5% of the initial weights the average still holds (a shrinkage), not averaging.
+What that points to, AdamW's weight decay, won where the steps are many and cost
+nothing where they are few: wd 0.1 1.498 vs Adam's 1.512 at ~1,250 steps (0.03:
+1.504), 1.5248 vs 1.5249 at 800 (rows Z5eq6_, S800wd_): the `cpu` preset took 0.1.
 
 Each run appends one row per arm to bench/results/quality_explore.json, with the
 machine and the load, and prints the table of this run's rows. Differences
