@@ -107,6 +107,9 @@ def test_pushed_version_is_a_self_describing_servable_model(tiny_pipeline):
       'num_chars': corpus.custom_properties['num_chars'].int_value,
       'fingerprint': corpus.custom_properties['fingerprint'].string_value}
   assert metrics['corpus']['num_chars'] == 1_115_394
+  # The export's own seconds are inside the run's: a budget overrun can be traced to it.
+  assert 0 < metrics['export_seconds'] < metrics['elapsed_seconds'] - metrics['train_seconds']
+  assert metrics['history_seconds'] >= 0
 
   loaded = tf.saved_model.load(version_dir)
   out = loaded.signatures['generate'](prompt=tf.constant(['ROMEO:']), num_chars=tf.constant(200),
