@@ -573,8 +573,8 @@ def export(fn_args: FnArgs, model: keras.Model, vocab: CharVocab, model_config: 
   training.write_history(fn_args.model_run_dir, state, config.max_train_seconds)
   # How long the writing took: a run that overran its budget shows here whether
   # the export was the part that ran long (once 34 s against the usual < 3 s).
-  export_figures = {'export_seconds': round(written - started, 2),
-                    'history_seconds': round(clock.elapsed() - written, 2)}
+  export_figures = {'export_seconds': written - started,
+                    'history_seconds': clock.elapsed() - written}
   metrics = {
       'eval_loss': eval_loss,                      # nats per character
       'bits_per_char': eval_loss / math.log(2),
