@@ -37,19 +37,21 @@ def build_keras_model(vocab_size: int, embedding_dim: int, rnn_type: str,
   return keras.Model(ids, logits, name='char_rnn')
 
 
-def build_optimizer(learning_rate, clipnorm: float = 0.0,
-                    weight_decay: float = 0.0) -> keras.optimizers.Optimizer:
+def build_optimizer(learning_rate, clipnorm: float = 0.0, weight_decay: float = 0.0,
+                    beta_2: float = 0.999) -> keras.optimizers.Optimizer:
   """Adam, as the tutorial trains; AdamW when `weight_decay` > 0.
 
   AdamW's decay is decoupled from the gradient and scaled by the rate: every
   step takes learning_rate * weight_decay of each weight away. `learning_rate`
   may be a callable (the multi-worker loop's agreed rate). `clipnorm` clips each
-  weight's gradient to that L2 norm (0: off).
+  weight's gradient to that L2 norm (0: off). `beta_2`: Adam's second-moment
+  decay (Keras' default; bench/quality/explore.py measures others).
   """
   clip = clipnorm or None
   if weight_decay:
-    return keras.optimizers.AdamW(learning_rate, weight_decay=weight_decay, clipnorm=clip)
-  return keras.optimizers.Adam(learning_rate, clipnorm=clip)
+    return keras.optimizers.AdamW(learning_rate, weight_decay=weight_decay, beta_2=beta_2,
+                                  clipnorm=clip)
+  return keras.optimizers.Adam(learning_rate, beta_2=beta_2, clipnorm=clip)
 
 
 def with_state_io(model: keras.Model) -> keras.Model:

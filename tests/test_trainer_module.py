@@ -8,7 +8,7 @@ import pytest
 import tensorflow as tf
 
 from components import examples_format, trainer_module, training
-from components.model import build_keras_model
+from components.model import build_keras_model, build_optimizer
 from components.text import CharVocab
 
 CFG = dict(embedding_dim=4, rnn_type='gru', rnn_units=8, num_layers=1, dropout=0.0)
@@ -233,7 +233,6 @@ def test_an_epoch_is_one_pass_unless_steps_per_epoch_says_otherwise(tmp_path):
 def test_weight_decay_trains_with_adamw_which_takes_rate_times_decay_off_every_weight(
     weight_decay):
   """With zero gradients Adam moves nothing; AdamW still shrinks each weight by lr * wd."""
-  from components.model import build_optimizer  # pylint: disable=g-import-not-at-top
   model = build_keras_model(20, **CFG)
   optimizer = build_optimizer(0.1, clipnorm=1.0, weight_decay=weight_decay)
   assert type(optimizer).__name__ == ('AdamW' if weight_decay else 'Adam')

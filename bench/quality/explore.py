@@ -117,11 +117,7 @@ class Arm:
                                              s.dropout)
     keras.mixed_precision.set_global_policy('float32')
     self.trainer = tbptt.CarriedStateTrainer(self.model, s.batch) if s.carry else self.model
-    # AdamW's decay is decoupled and scaled by the rate: w -= lr * wd * w each step.
-    optimizer = keras.optimizers.AdamW(s.lr, weight_decay=s.wd, beta_2=s.beta2,
-                                       clipnorm=s.clipnorm or None) if s.wd else \
-        keras.optimizers.Adam(s.lr, beta_2=s.beta2, clipnorm=s.clipnorm or None)
-    self.trainer.compile(optimizer=optimizer,
+    self.trainer.compile(optimizer=model_lib.build_optimizer(s.lr, s.clipnorm, s.wd, s.beta2),
                          loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
     if s.carry:
       self.batches = iter(tbptt.stream_dataset(train, s.seq, s.batch, s.reset_prob, s.seed))
