@@ -567,13 +567,17 @@ def export(fn_args: FnArgs, model: keras.Model, vocab: CharVocab, model_config: 
   returns metrics.json's content: the figures every run reports, then the
   caller's own (`figures`: how it started, precision, a multi-worker run's
   throughput). The one writer of metrics.json, for both training paths."""
-  started = clock.elapsed()
+  started, cpu_started = clock.elapsed(), time.process_time()
   extra = write_serving_model(fn_args.serving_model_dir, model, vocab, model_config, config)
-  written = clock.elapsed()
+  written, cpu_written = clock.elapsed(), time.process_time()
   training.write_history(fn_args.model_run_dir, state, config.max_train_seconds)
   # How long the writing took: a run that overran its budget shows here whether
-  # the export was the part that ran long (once 34 s against the usual < 3 s).
+  # the export was the part that ran long (twice 33-34 s against the usual < 3 s,
+  # on Zen 5). Its CPU time (every thread of the process) tells work from waiting:
+  # near the wall time or above, the export itself computed; far below, it waited
+  # (on the disk, or on a host that was not running it).
   export_figures = {'export_seconds': written - started,
+                    'export_cpu_seconds': cpu_written - cpu_started,
                     'history_seconds': clock.elapsed() - written}
   metrics = {
       'eval_loss': eval_loss,                      # nats per character

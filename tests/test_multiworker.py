@@ -300,7 +300,8 @@ def test_two_workers_train_together_and_only_the_chief_exports(two_workers):
   for key in ('bits_per_char', 'perplexity', 'epochs_run', 'train_seconds', 'train_steps',
               'resumed_from_step', 'stopped_by_time_budget', 'time_budget_seconds', 'history',
               'start', 'precision', 'seed', 'vocab_size', 'state_size', 'config',
-              'elapsed_seconds', 'export_seconds', 'history_seconds'):
+              'elapsed_seconds', 'export_seconds', 'export_cpu_seconds',
+              'history_seconds'):
     assert key in metrics, key
   with open(os.path.join(extra, 'vocabulary.json')) as f:
     assert json.load(f)['tokens'] == contract.VOCAB.tokens

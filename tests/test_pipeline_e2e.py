@@ -110,6 +110,8 @@ def test_pushed_version_is_a_self_describing_servable_model(tiny_pipeline):
   # The export's own seconds are inside the run's: a budget overrun can be traced to it.
   assert 0 < metrics['export_seconds'] < metrics['elapsed_seconds'] - metrics['train_seconds']
   assert metrics['history_seconds'] >= 0
+  # Process CPU time: all threads, so at most the wall time on every core.
+  assert 0 < metrics['export_cpu_seconds'] <= metrics['export_seconds'] * os.cpu_count()
 
   loaded = tf.saved_model.load(version_dir)
   out = loaded.signatures['generate'](prompt=tf.constant(['ROMEO:']), num_chars=tf.constant(200),
