@@ -56,6 +56,8 @@ the ~5% of the initial weights the average still holds (a shrinkage), not averag
 What that points to, AdamW's weight decay, won where the steps are many and cost
 nothing where they are few: wd 0.1 1.498 vs Adam's 1.512 at ~1,250 steps (0.03:
 1.504), 1.5248 vs 1.5249 at 800 (rows Z5eq6_, S800wd_): the `cpu` preset took 0.1.
+On Zen 3 (float32, rows Z3wd_), 1,000 steps of GRU-256, the size and step count the
+pipeline gets there on a slow day: 0.1 1.5256, 0.3 1.5367, Adam 1.5407.
 
 Each run appends one row per arm to bench/results/quality_explore.json, with the
 machine and the load, and prints the table of this run's rows. Differences
